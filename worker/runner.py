@@ -1,0 +1,60 @@
+"""What a worker runs (`Job`) and the interface every runner implements (`Runner`).
+
+Lifecycle of a runner: construct it (cheap, no I/O), then call `run` as often as wanted, concurrently;
+the first `run` starts it (the sandbox runner mounts its tmpfs, makes its mount namespace and its
+cgroups then; `await runner.start()` does it ahead of time and raises if the host cannot run
+sandboxes). `close` waits for nothing: call it once the runs are over (the pull worker drains
+first); it releases what `start` made. A closed runner may be started again by another `run`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from wire.result import Result, RunOutput, Status, StreamInfo
+from wire.spec import RunSpec
+
+
+@dataclass(frozen=True)
+class Job:
+    id: str  # the request hash
+    spec: RunSpec
+    argv: tuple[str, ...]  # the spec's argv, or the catalogue entry's command filled from the options
+    image_id: str
+    image_digest: str  # "sha256:<hex>" of the erofs file
+    image_path: Path  # the erofs file
+    runner: str
+
+
+class Runner(Protocol):
+    name: str
+
+    async def run(self, job: Job) -> RunOutput:
+        """Never raises for the program's own failures; infrastructure failures give status "error"."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+def error_output(job: Job, message: str) -> RunOutput:
+    """The output of a run the service could not carry out."""
+    result = Result(
+        id=job.id,
+        image_id=job.image_id,
+        image_digest=job.image_digest,
+        status=Status.ERROR,
+        exit_code=None,
+        signal=None,
+        wall_ms=0.0,
+        cpu_ms=0.0,
+        max_rss_kib=0,
+        stdout=StreamInfo(0, False),
+        stderr=StreamInfo(0, False),
+        files=[],
+        limits=job.spec.limits,
+        runner=job.runner,
+        message=message,
+    )
+    return RunOutput(result, b"", b"")
