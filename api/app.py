@@ -1,0 +1,176 @@
+"""The edge's HTTP routes (DESIGN.md, "Contracts")."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Awaitable, Callable
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from api.command import build_argv
+from api.errors import EXCEPTION_HANDLERS, ApiError
+from api.images import ImageResolver
+from api.jobs import Dispatcher
+from api.metrics import Metrics
+from pe.settings import Settings
+from wire.result import RunOutput, output_to_json, pack_output
+from wire.spec import RunSpec, parse_spec_cpio, parse_spec_json, request_hash
+from worker.runner import Job
+
+CPIO = "application/x-cpio"
+JSON = "application/json"
+CPIO_MAGIC = b"070701"
+# curl --data-binary sends this when no Content-Type is given; the body says what it is.
+UNLABELLED = ("", "application/x-www-form-urlencoded")
+
+
+@dataclasses.dataclass
+class Edge:
+    """What the routes need, built once per process by `pe serve` (see api/server.py)."""
+
+    settings: Settings
+    images: ImageResolver
+    dispatcher: Dispatcher
+    metrics: Metrics
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, "too_large", f"request body is over {limit} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise ApiError(413, "too_large", f"request body is over {limit} bytes")
+    return bytes(body)
+
+
+def parse_run_request(content_type: str, body: bytes) -> RunSpec:
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    if media_type in UNLABELLED:
+        media_type = CPIO if body.startswith(CPIO_MAGIC) else JSON
+    if media_type == JSON:
+        return parse_spec_json(body)
+    if media_type == CPIO:
+        return parse_spec_cpio(body)
+    raise ApiError(415, "unsupported_media_type", f"send {JSON} or {CPIO}, not {media_type!r}")
+
+
+def wants_cpio(request: Request) -> bool:
+    return CPIO in request.headers.get("accept", "")
+
+
+def output_response(request: Request, output: RunOutput, headers: dict[str, str] | None = None) -> Response:
+    if wants_cpio(request):
+        return Response(pack_output(output), media_type=CPIO, headers=headers)
+    return JSONResponse(output_to_json(output), headers=headers)
+
+
+def make_job(edge: Edge, spec: RunSpec) -> Job:
+    image = edge.images.resolve(spec)
+    runner = spec.runner or edge.settings.runner_default
+    if runner not in edge.settings.runners:
+        offered = ", ".join(edge.settings.runners)
+        raise ApiError(422, "bad_runner", f"runner {runner!r} is not offered here (offered: {offered})")
+    argv = build_argv(image.entry, spec)
+    run_id = request_hash(dataclasses.replace(spec, argv=argv), image_digest=image.meta.digest, runner=runner)
+    return Job(
+        id=run_id,
+        spec=spec,
+        argv=argv,
+        image_id=image.entry.id,
+        image_digest=image.meta.digest,
+        image_path=image.path,
+        runner=runner,
+    )
+
+
+def with_cached_flag(output: RunOutput, cached: bool) -> RunOutput:
+    return dataclasses.replace(output, result=dataclasses.replace(output.result, cached=cached))
+
+
+async def run(request: Request) -> Response:
+    edge: Edge = request.app.state.edge
+    body = await read_body(request, edge.settings.max_body_bytes)
+    spec = parse_run_request(request.headers.get("content-type", ""), body)
+    job = make_job(edge, spec)
+    output, cached = await edge.dispatcher.run(job, use_cache=spec.cache)
+    return output_response(request, with_cached_flag(output, cached), {"ETag": f'"{job.id}"'})
+
+
+async def get_run(request: Request) -> Response:
+    edge: Edge = request.app.state.edge
+    run_id = request.path_params["run_id"]
+    output = edge.dispatcher.store.get(run_id)
+    if output is None:
+        raise ApiError(404, "unknown_run", f"no stored run {run_id!r} (it may have been evicted)")
+    return output_response(request, with_cached_flag(output, True), {"ETag": f'"{run_id}"'})
+
+
+async def catalog(request: Request) -> Response:
+    edge: Edge = request.app.state.edge
+    images = []
+    for entry in edge.images.catalog.values():
+        meta = edge.images.built(entry.id)
+        images.append(
+            {
+                "id": entry.id,
+                "title": entry.title,
+                "description": entry.description,
+                "digest": meta.digest if meta else None,
+                "size": meta.size if meta else None,
+                "input_types": list(getattr(entry, "input_types", ())),
+                "output_types": list(getattr(entry, "output_types", ())),
+                "command": list(entry.command) if entry.command else None,
+                "options": [dict(option) for option in entry.options],
+                "examples": [dict(example) for example in entry.examples],
+            }
+        )
+    return JSONResponse({"images": images})
+
+
+async def healthz(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def metrics(request: Request) -> Response:
+    edge: Edge = request.app.state.edge
+    return PlainTextResponse(edge.metrics.render(), media_type="text/plain; version=0.0.4")
+
+
+def counted(
+    route: str, endpoint: Callable[[Request], Awaitable[Response]]
+) -> Callable[[Request], Awaitable[Response]]:
+    """Count every answer of `endpoint` in pe_requests_total, errors included."""
+
+    async def counted_endpoint(request: Request) -> Response:
+        edge: Edge = request.app.state.edge
+        status = 500
+        try:
+            response = await endpoint(request)
+            status = response.status_code
+            return response
+        except Exception as error:
+            status = getattr(error, "status", 500)  # ApiError and WireError carry theirs
+            raise
+        finally:
+            edge.metrics.requests.inc(route=route, status=str(status))
+
+    return counted_endpoint
+
+
+def create_app(edge: Edge, lifespan=None) -> Starlette:
+    routes = [
+        Route("/api/v1/run", counted("run", run), methods=["POST"]),
+        Route("/api/v1/runs/{run_id}", counted("runs", get_run), methods=["GET"]),
+        Route("/api/v1/catalog", counted("catalog", catalog), methods=["GET"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+    ]
+    app = Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan)
+    app.state.edge = edge
+    return app

@@ -1,0 +1,107 @@
+"""`pe serve`: the edge, an in-process worker pulling from it, served by Hypercorn (HTTP/1.1 and HTTP/2)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import AsyncIterator
+
+from hypercorn.asyncio import serve as hypercorn_serve
+from hypercorn.config import Config
+from starlette.applications import Starlette
+
+from api import h2
+from api.app import Edge, create_app
+from api.images import ImageResolver
+from api.jobs import Dispatcher
+from api.metrics import Metrics
+from api.runs import RunStore
+from catalog.entry import load_catalog
+from catalog.store import ImageStore
+from pe.settings import Settings
+from worker.pull import PullWorker
+from worker.runner import Runner
+
+log = logging.getLogger("pe.edge")
+
+
+def make_runners(settings: Settings) -> dict[str, Runner]:
+    runners: dict[str, Runner] = {}
+    for kind in settings.runners:
+        if kind == "sandbox":
+            from worker.sandbox import SandboxRunner
+
+            runners[kind] = SandboxRunner(settings.cache_dir, settings.slots)
+        else:
+            raise ValueError(f"the {kind!r} runner is not available in this version")
+    return runners
+
+
+def make_edge(settings: Settings) -> Edge:
+    metrics = Metrics()
+    store = ImageStore(settings.images_dir)
+    catalog = load_catalog()
+    resolver = ImageResolver(catalog, store)
+    for image_id in catalog:
+        if resolver.built(image_id) is None:
+            log.warning(
+                "image %s is not built; runs of it answer 503 until `pe images build %s`", image_id, image_id
+            )
+    dispatcher = Dispatcher(RunStore(settings.run_store_bytes), metrics, settings.queue_size)
+    metrics.gauge("pe_queue_depth", "Jobs waiting for a worker", lambda: dispatcher.depth)
+    return Edge(settings=settings, images=resolver, dispatcher=dispatcher, metrics=metrics)
+
+
+def make_app(settings: Settings, *, with_worker: bool = True) -> Starlette:
+    """The edge app; with `with_worker`, its lifespan also runs an in-process worker with `settings.slots`."""
+    edge = make_edge(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if not with_worker:
+            yield
+            return
+        runners = make_runners(settings)
+        worker = PullWorker(edge.dispatcher, runners, settings.slots)
+        edge.metrics.gauge("pe_workers_connected", "Workers pulling jobs", lambda: 1)
+        task = asyncio.create_task(worker.serve(), name="in-process-worker")
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await worker.drain()
+            for runner in runners.values():
+                await runner.close()
+
+    return create_app(edge, lifespan=lifespan)
+
+
+def hypercorn_config(settings: Settings) -> Config:
+    config = Config()
+    config.bind = [f"{settings.host}:{settings.port}"]
+    config.h2_max_concurrent_streams = settings.max_streams
+    config.keep_alive_timeout = settings.idle_timeout_s
+    config.accesslog = None
+    config.errorlog = logging.getLogger("hypercorn.error")
+    if settings.tls_cert:
+        config.certfile = settings.tls_cert
+        config.keyfile = settings.tls_key
+        config.alpn_protocols = ["h2", "http/1.1"]
+    return config
+
+
+async def serve(settings: Settings) -> None:
+    """Serve until SIGINT or SIGTERM; the lifespan then stops the worker and its runners."""
+    h2.install()
+    app = make_app(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    scheme = "https" if settings.tls_cert else "http"
+    log.info("serving on %s://%s:%d (HTTP/1.1 and HTTP/2)", scheme, settings.host, settings.port)
+    await hypercorn_serve(app, hypercorn_config(settings), shutdown_trigger=stop.wait)

@@ -1,0 +1,158 @@
+"""`pe`, the one entry point: serve, images build, run, bench."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import os
+import sys
+
+from pe.settings import FIELD_HELP, Settings, env_name, load_settings
+
+
+def add_settings_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per settings field (`--max-connections` for PE_MAX_CONNECTIONS, …)."""
+    group = parser.add_argument_group("settings (flags override PE_* environment variables)")
+    for item in dataclasses.fields(Settings):
+        flag = "--" + item.name.replace("_", "-")
+        group.add_argument(
+            flag, dest=f"setting_{item.name}", metavar=env_name(item.name), help=FIELD_HELP[item.name]
+        )
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    overrides = {
+        item.name: getattr(args, f"setting_{item.name}", None) for item in dataclasses.fields(Settings)
+    }
+    try:
+        return load_settings(overrides)
+    except ValueError as error:
+        sys.exit(f"pe: {error}")
+
+
+def default_edge_url() -> str:
+    return os.environ.get("PE_EDGE_URL", f"http://127.0.0.1:{os.environ.get('PE_PORT', '8000')}")
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from api.server import serve
+    from pe.logs import setup_logging
+
+    settings = settings_from(args)
+    setup_logging(settings.log_level)
+    asyncio.run(serve(settings))
+    return 0
+
+
+def cmd_images_build(args: argparse.Namespace) -> int:
+    from catalog.build import BuildError, build_all
+    from catalog.entry import CatalogError
+    from catalog.store import ImageStore
+
+    settings = settings_from(args)
+    store = ImageStore(settings.images_dir)
+    try:
+        built = build_all(
+            args.ids or None, store, force=args.force, progress=lambda line: print(line, flush=True)
+        )
+    except (BuildError, CatalogError) as error:
+        print(f"pe images build: {error}", file=sys.stderr)
+        return 1
+    for meta in built:
+        print(f"{meta.id}: {meta.digest} ({meta.size} bytes)")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from pe.client import run_command
+
+    return run_command(args)
+
+
+def cmd_bench_run(args: argparse.Namespace) -> int:
+    from pe.bench import bench_run
+
+    return bench_run(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pe", description="Program Explorer: run programs in catalogue images"
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="edge + in-process worker on one port")
+    add_settings_flags(serve)
+    serve.set_defaults(handler=cmd_serve)
+
+    images = commands.add_parser("images", help="build and manage catalogue images")
+    image_commands = images.add_subparsers(dest="images_command", required=True)
+    build = image_commands.add_parser("build", help="build images (all when no ID is given)")
+    build.add_argument("ids", nargs="*", metavar="ID")
+    build.add_argument("--force", action="store_true", help="rebuild even when up to date")
+    add_settings_flags(build)
+    build.set_defaults(handler=cmd_images_build)
+
+    run = commands.add_parser(
+        "run",
+        help="run a program on an edge and print its output",
+        usage="pe run IMAGE [-f FILE…] [--stdin FILE] [--env K=V…] [-- ARGV…]",
+    )
+    run.add_argument("image", help="catalogue id, optionally id@sha256:…")
+    run.add_argument("argv", nargs="*", help="the command to run (after --)")
+    run.add_argument(
+        "-f",
+        "--file",
+        action="append",
+        default=[],
+        metavar="[NAME=]PATH",
+        help="input file, placed at NAME (default: PATH as given) under /work",
+    )
+    run.add_argument("--stdin", metavar="FILE", help="file given as standard input ('-' for this one)")
+    run.add_argument("--env", action="append", default=[], metavar="K=V", help="environment variable")
+    run.add_argument("--option", action="append", default=[], metavar="NAME=VALUE", help="catalogue option")
+    run.add_argument(
+        "--limit", action="append", default=[], metavar="NAME=VALUE", help="limit, e.g. wall_ms=2000"
+    )
+    run.add_argument("--runner", choices=["sandbox", "vm"], help="runner (default: the edge's)")
+    run.add_argument("--no-cache", action="store_true", help="run again even if a cached result exists")
+    run.add_argument(
+        "-o", "--output-dir", default="pe-output", help="where output files go (default: pe-output)"
+    )
+    run.add_argument("--edge", default=default_edge_url(), help="edge URL (default: $PE_EDGE_URL or local)")
+    run.add_argument("-v", "--verbose", action="store_true", help="print the result summary to stderr")
+    run.set_defaults(handler=cmd_run)
+
+    bench = commands.add_parser("bench", help="benchmarks")
+    bench_commands = bench.add_subparsers(dest="bench_command", required=True)
+    bench_run = bench_commands.add_parser(
+        "run", help="latency of a trivial run through the edge vs bare crun"
+    )
+    bench_run.add_argument("-n", "--runs", type=int, default=200, help="runs per side (default 200)")
+    bench_run.add_argument("--image", default="busybox")
+    bench_run.add_argument("--warmup", type=int, default=10)
+    add_settings_flags(bench_run)
+    bench_run.set_defaults(handler=cmd_bench_run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    # Everything after the first "--" is the program's argv, kept exactly (argparse's own handling
+    # of "--" inside a subcommand drops or rejects it).
+    program: list[str] = []
+    if "--" in argv:
+        split = argv.index("--")
+        argv, program = argv[:split], argv[split + 1 :]
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if program:
+        if args.command != "run":
+            parser.error("only `pe run` takes a program after --")
+        args.argv = [*args.argv, *program]
+    return args.handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

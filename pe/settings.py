@@ -1,0 +1,116 @@
+"""One typed settings object, read from `PE_*` environment variables; every field is also a `pe` flag."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+RUNNER_KINDS = ("sandbox", "vm")
+
+
+def _default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "pe"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything an operator can set. The docstring of each field is its help text (see `FIELD_HELP`)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    state: str = "memory"
+    runners: tuple[str, ...] = ("sandbox",)
+    worker_token: str = ""
+    max_connections: int = 1000
+    idle_timeout_s: float = 60.0
+    max_streams: int = 100
+    gist_api_url: str = "https://api.github.com"
+    cache_dir: Path = field(default_factory=_default_cache_dir)
+    slots: int = field(default_factory=lambda: os.cpu_count() or 1)
+    max_body_bytes: int = 20 << 20
+    run_store_bytes: int = 256 << 20
+    queue_size: int = 1000
+    tls_cert: str = ""
+    tls_key: str = ""
+    log_level: str = "info"
+
+    @property
+    def images_dir(self) -> Path:
+        return self.cache_dir / "images"
+
+    def __post_init__(self) -> None:
+        for runner in self.runners:
+            if runner not in RUNNER_KINDS:
+                raise ValueError(f"PE_RUNNERS: unknown runner {runner!r} (known: {', '.join(RUNNER_KINDS)})")
+        if not self.runners:
+            raise ValueError("PE_RUNNERS: at least one runner is needed")
+        if self.state != "memory" and not self.state.startswith("redis://"):
+            raise ValueError(f"PE_STATE: expected 'memory' or a redis:// URL, got {self.state!r}")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("PE_TLS_CERT and PE_TLS_KEY must be given together")
+        for name in ("port", "max_connections", "max_streams", "slots", "max_body_bytes", "queue_size"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"PE_{name.upper()}: must be positive")
+
+    @property
+    def runner_default(self) -> str:
+        return self.runners[0]
+
+
+FIELD_HELP: dict[str, str] = {
+    "host": "address to listen on",
+    "port": "TCP port to listen on",
+    "state": "where queues, results and counters live: 'memory' or a redis:// URL",
+    "runners": "runner kinds this service offers, comma separated; the first is the default",
+    "worker_token": "bearer token that workers present on /api/v1/work/ routes",
+    "max_connections": "most client connections kept open at once",
+    "idle_timeout_s": "seconds an idle connection is kept before GOAWAY and close",
+    "max_streams": "most concurrent HTTP/2 streams per connection",
+    "gist_api_url": "base URL of the GitHub-shaped gist API",
+    "cache_dir": "folder for images, mounts and build caches",
+    "slots": "runs executed at once by the in-process worker",
+    "max_body_bytes": "largest request body accepted (413 above)",
+    "run_store_bytes": "bytes of results kept for GET /api/v1/runs/<id> (least recently used go first)",
+    "queue_size": "most jobs waiting for a worker (503 above)",
+    "tls_cert": "PEM certificate file; serves HTTPS (HTTP/2 by ALPN) when given with tls_key",
+    "tls_key": "PEM private key file for tls_cert",
+    "log_level": "debug, info, warning or error",
+}
+
+
+def env_name(name: str) -> str:
+    return "PE_" + name.upper()
+
+
+def _convert(raw: str, kind: Any) -> Any:
+    if kind is int:
+        return int(raw)
+    if kind is float:
+        return float(raw)
+    if kind is Path:
+        return Path(raw).expanduser()
+    if kind == tuple[str, ...]:
+        return tuple(part.strip() for part in raw.split(",") if part.strip())
+    return raw
+
+
+def load_settings(overrides: dict[str, str] | None = None, environ: dict[str, str] | None = None) -> Settings:
+    """Settings from the environment, then from `overrides` (raw strings, e.g. command-line flags)."""
+    environ = os.environ if environ is None else environ
+    hints = get_type_hints(Settings)
+    values: dict[str, Any] = {}
+    for item in dataclasses.fields(Settings):
+        raw = environ.get(env_name(item.name))
+        if overrides and overrides.get(item.name) is not None:
+            raw = overrides[item.name]
+        if raw is None:
+            continue
+        try:
+            values[item.name] = _convert(raw, hints[item.name])
+        except ValueError as error:
+            raise ValueError(f"{env_name(item.name)}: cannot read {raw!r}: {error}") from None
+    return Settings(**values)

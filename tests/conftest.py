@@ -1,0 +1,19 @@
+"""Fixtures shared by the suites: a real `pe serve` on loopback."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from pe.child import ServeProcess, start_serve
+
+
+@pytest.fixture(scope="session")
+def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
+    if os.geteuid() != 0:
+        pytest.skip("the sandbox runner needs root (crun, mounts)")
+    served = start_serve(tmp_path_factory.mktemp("edge") / "serve.log", "--max-body-bytes", str(1 << 20))
+    yield served
+    served.stop()
