@@ -115,7 +115,7 @@ async def catalog(request: Request) -> Response:
     edge: Edge = request.app.state.edge
     images = []
     for entry in edge.images.catalog.values():
-        meta = edge.images.built(entry.id)
+        meta = edge.images.store.current(entry.id)
         images.append(
             {
                 "id": entry.id,

@@ -23,17 +23,11 @@ class ImageResolver:
         self.catalog = catalog
         self.store = store
 
-    def built(self, image_id: str) -> ImageMeta | None:
-        meta = self.store.current(image_id)
-        if meta is None or not self.store.image_path(meta.digest).exists():
-            return None
-        return meta
-
     def resolve(self, spec: RunSpec) -> ResolvedImage:
         entry = self.catalog.get(spec.image_id)
         if entry is None:
             raise ApiError(404, "unknown_image", f"no image {spec.image_id!r} in the catalogue")
-        meta = self.built(entry.id)
+        meta = self.store.current(entry.id)
         if meta is None:
             raise ApiError(
                 503,

@@ -45,7 +45,7 @@ def make_edge(settings: Settings) -> Edge:
     catalog = load_catalog()
     resolver = ImageResolver(catalog, store)
     for image_id in catalog:
-        if resolver.built(image_id) is None:
+        if store.current(image_id) is None:
             log.warning(
                 "image %s is not built; runs of it answer 503 until `pe images build %s`", image_id, image_id
             )

@@ -55,6 +55,8 @@ class ImageMeta:
 class ImageStore:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
+        # image id -> (identity of its by-id file, its metadata): `current` is on every run's path.
+        self._current: dict[str, tuple[tuple[int, int, int], ImageMeta]] = {}
 
     def image_path(self, digest: str) -> Path:
         """Where the image with this digest lives (whether or not it exists). ValueError for a bad digest."""
@@ -65,11 +67,17 @@ class ImageStore:
 
     def current(self, image_id: str) -> ImageMeta | None:
         """The image last built for `image_id`, or None if there is none or its file has gone."""
+        path = self._by_id(image_id)
         try:
-            data = json.loads(self._by_id(image_id).read_bytes())
+            stat = path.stat()
+            identity = (stat.st_ino, stat.st_mtime_ns, stat.st_size)  # a rebuild replaces the file
+            cached = self._current.get(image_id)
+            if cached is None or cached[0] != identity:
+                cached = identity, ImageMeta.from_json(json.loads(path.read_bytes()))
+                self._current[image_id] = cached
         except FileNotFoundError:
             return None
-        meta = ImageMeta.from_json(data)
+        meta = cached[1]
         return meta if self.image_path(meta.digest).is_file() else None
 
     def add(self, image_file: Path, meta: ImageMeta) -> None:
