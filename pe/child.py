@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -25,6 +26,7 @@ class ServeProcess:
     url: str
     process: subprocess.Popen
     log: Path
+    cert: Path | None = None  # the certificate to trust, when serving HTTPS
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL if it has not exited within 15 s."""
@@ -36,20 +38,30 @@ class ServeProcess:
             self.process.wait()
 
 
-def start_serve(log: Path, *flags: str, timeout_s: float = 30) -> ServeProcess:
-    """Start `pe serve` on a free loopback port, its output going to `log`; wait for /healthz."""
+def trust(cert: Path | None) -> ssl.SSLContext | bool:
+    """What httpx should verify the server with: `cert` itself, or the system's roots."""
+    return True if cert is None else ssl.create_default_context(cafile=str(cert))
+
+
+def start_serve(
+    log: Path, *flags: str, timeout_s: float = 30, tls: tuple[Path, Path] | None = None
+) -> ServeProcess:
+    """Start `pe serve` on a free loopback port, its output going to `log`; wait for /healthz.
+    With `tls` (certificate, key), it serves HTTPS and is checked against that certificate."""
     port = free_port()
     command = [sys.executable, "-m", "pe.cli", "serve", "--host", "127.0.0.1", "--port", str(port), *flags]
+    if tls is not None:
+        command += ["--tls-cert", str(tls[0]), "--tls-key", str(tls[1])]
     with log.open("wb") as out:
         process = subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
+    served = ServeProcess(f"{'https' if tls else 'http'}://127.0.0.1:{port}", process, log, tls and tls[0])
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"pe serve exited with {process.returncode}:\n{log.read_text()}")
         try:
-            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                return ServeProcess(url, process, log)
+            if httpx.get(served.url + "/healthz", timeout=1, verify=trust(served.cert)).status_code == 200:
+                return served
         except httpx.HTTPError:
             time.sleep(0.1)
     process.kill()
