@@ -53,14 +53,10 @@ def cmd_images_build(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     store = ImageStore(settings.images_dir)
     try:
-        built = build_all(
-            args.ids or None, store, force=args.force, progress=lambda line: print(line, flush=True)
-        )
+        build_all(args.ids or None, store, force=args.force, progress=lambda line: print(line, flush=True))
     except (BuildError, CatalogError) as error:
         print(f"pe images build: {error}", file=sys.stderr)
         return 1
-    for meta in built:
-        print(f"{meta.id}: {meta.digest} ({meta.size} bytes)")
     return 0
 
 
