@@ -9,6 +9,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
+from starlette.types import Lifespan
 
 from api.command import build_argv
 from api.errors import EXCEPTION_HANDLERS, ApiError
@@ -143,9 +144,10 @@ async def metrics(request: Request) -> Response:
     return PlainTextResponse(edge.metrics.render(), media_type="text/plain; version=0.0.4")
 
 
-def counted(
-    route: str, endpoint: Callable[[Request], Awaitable[Response]]
-) -> Callable[[Request], Awaitable[Response]]:
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def counted(route: str, endpoint: Endpoint) -> Endpoint:
     """Count every answer of `endpoint` in pe_requests_total, errors included."""
 
     async def counted_endpoint(request: Request) -> Response:
@@ -164,7 +166,7 @@ def counted(
     return counted_endpoint
 
 
-def create_app(edge: Edge, lifespan=None) -> Starlette:
+def create_app(edge: Edge, lifespan: Lifespan[Starlette] | None = None) -> Starlette:
     routes = [
         Route("/api/v1/run", counted("run", run), methods=["POST"]),
         Route("/api/v1/runs/{run_id}", counted("runs", get_run), methods=["GET"]),
