@@ -72,6 +72,12 @@ def cmd_bench_run(args: argparse.Namespace) -> int:
     return bench_run(args)
 
 
+def cmd_bench_sharing(args: argparse.Namespace) -> int:
+    from pe.bench_sharing import bench_sharing
+
+    return bench_sharing(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pe", description="Program Explorer: run programs in catalogue images"
@@ -130,6 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench_run.add_argument("--warmup", type=int, default=10)
     add_settings_flags(bench_run)
     bench_run.set_defaults(handler=cmd_bench_run)
+    sharing = bench_commands.add_parser(
+        "sharing", help="bytes of identical files across the catalogue's images"
+    )
+    sharing.add_argument("--top", type=int, default=8, help="image pairs to list (default 8)")
+    add_settings_flags(sharing)
+    sharing.set_defaults(handler=cmd_bench_sharing)
     return parser
 
 
