@@ -3,22 +3,23 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Awaitable, Callable
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import Lifespan
 
-from api.command import build_argv
 from api.errors import EXCEPTION_HANDLERS, ApiError
 from api.images import ImageResolver
 from api.jobs import Dispatcher
 from api.metrics import Metrics
+from catalog.options import expand_command, option_values
 from pe.settings import Settings
 from wire.result import RunOutput, output_to_json, pack_output
-from wire.spec import RunSpec, parse_spec_cpio, parse_spec_json, request_hash
+from wire.spec import DEFAULT_LIMITS, RunSpec, parse_spec_cpio, parse_spec_json, request_hash
 from worker.runner import Job
 
 CPIO = "application/x-cpio"
@@ -72,12 +73,19 @@ def output_response(request: Request, output: RunOutput, headers: dict[str, str]
 
 
 def make_job(edge: Edge, spec: RunSpec) -> Job:
+    """The job for `spec`: its image, runner, argv (the spec's, else the image's command filled from
+    the options) and limits (defaults, then the image's, then the request's)."""
     image = edge.images.resolve(spec)
     runner = spec.runner or edge.settings.runner_default
     if runner not in edge.settings.runners:
         offered = ", ".join(edge.settings.runners)
         raise ApiError(422, "bad_runner", f"runner {runner!r} is not offered here (offered: {offered})")
-    argv = build_argv(image.entry, spec)
+    values = option_values(image.entry, dict(spec.options))  # OptionError: 422 bad_option
+    argv = spec.argv or expand_command(image.entry, values)
+    if not argv:
+        raise ApiError(422, "argv_required", f"image {image.entry.id!r} has no command template: give argv")
+    limits = DEFAULT_LIMITS.merged(image.entry.limits, dict(spec.limit_overrides))
+    spec = dataclasses.replace(spec, limits=limits)
     run_id = request_hash(dataclasses.replace(spec, argv=argv), image_digest=image.meta.digest, runner=runner)
     return Job(
         id=run_id,
@@ -87,6 +95,7 @@ def make_job(edge: Edge, spec: RunSpec) -> Job:
         image_digest=image.meta.digest,
         image_path=image.path,
         runner=runner,
+        outputs=image.entry.outputs,
     )
 
 
@@ -117,22 +126,29 @@ async def catalog(request: Request) -> Response:
     images = []
     for entry in edge.images.catalog.values():
         meta = edge.images.store.current(entry.id)
-        images.append(
-            {
-                "id": entry.id,
-                "title": entry.title,
-                "description": entry.description,
-                "digest": meta.digest if meta else None,
-                "size": meta.size if meta else None,
-                "tags": list(entry.tags),
-                "input_types": list(entry.input_types),
-                "output_types": list(entry.output_types),
-                "command": list(entry.command) if entry.command else None,
-                "options": [dict(option) for option in entry.options],
-                "examples": [dict(example) for example in entry.examples],
-            }
-        )
+        image = entry.to_json()
+        image["digest"] = meta.digest if meta else None
+        image["size"] = meta.size if meta else None
+        images.append(image)
     return JSONResponse({"images": images})
+
+
+IMAGE_DIGEST = re.compile(r"(?:sha256:)?([0-9a-f]{64})")
+
+
+async def image_file(request: Request) -> Response:
+    """An image's erofs file, with Range support (the browser reads images piecewise, wire/erofs).
+    Content-addressed, so cacheable for ever."""
+    edge: Edge = request.app.state.edge
+    match = IMAGE_DIGEST.fullmatch(request.path_params["digest"])
+    if match is None:
+        raise ApiError(400, "bad_digest", "an image digest is sha256:<64 lowercase hex digits>, or the hex")
+    digest = f"sha256:{match.group(1)}"
+    path = edge.images.store.image_path(digest)
+    if not path.is_file():
+        raise ApiError(404, "unknown_digest", f"no image {digest} here")
+    headers = {"ETag": f'"{digest}"', "Cache-Control": "public, max-age=31536000, immutable"}
+    return FileResponse(path, media_type="application/octet-stream", headers=headers)
 
 
 async def healthz(request: Request) -> Response:
@@ -171,6 +187,7 @@ def create_app(edge: Edge, lifespan: Lifespan[Starlette] | None = None) -> Starl
         Route("/api/v1/run", counted("run", run), methods=["POST"]),
         Route("/api/v1/runs/{run_id}", counted("runs", get_run), methods=["GET"]),
         Route("/api/v1/catalog", counted("catalog", catalog), methods=["GET"]),
+        Route("/api/v1/images/{digest}.erofs", counted("images", image_file), methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
     ]

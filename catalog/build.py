@@ -35,7 +35,7 @@ from catalog.store import ImageMeta, ImageStore
 Progress = Callable[[str], object]
 
 # Bump when a change to this module changes the bytes of an image built from the same inputs.
-BUILDER_VERSION = "1"
+BUILDER_VERSION = "2"
 # lz4hc with the default 4 KiB clusters: 40 % smaller than plain, and readers (wire/, the kernel)
 # need nothing beyond basic lz4 support. See docs/catalog.md for the measurements.
 MKFS_ARGS = ("-zlz4hc", "--all-root")
@@ -43,7 +43,8 @@ MKFS_ARGS = ("-zlz4hc", "--all-root")
 SOURCE_DATE_EPOCH = 1686355200
 APT_ARCHIVES = Path("/var/cache/apt/archives")
 MERGED_USR_HOOK = "/usr/share/mmdebstrap/hooks/merged-usr"
-# Directories whose contents no image needs (emptied, kept), and files the host leaks into a rootfs.
+# Directories whose contents no image needs (the directories are kept), and files the host leaks
+# into a rootfs; they are left out of the image (EXCLUDED), not deleted from the tree.
 EMPTIED = (
     "var/cache/apt",
     "var/lib/apt/lists",
@@ -56,6 +57,7 @@ REMOVED = ("etc/hostname", "etc/resolv.conf", "var/cache/ldconfig/aux-cache")
 REMOVED_GLOBS = ("var/lib/dpkg/*-old", "var/cache/debconf/*-old")
 # The sandbox mounts over these; the image's root is read-only, so they must exist, empty.
 MOUNT_POINTS = {"work": 0o1777, "tmp": 0o1777, "proc": 0o555, "dev": 0o755, "sys": 0o555}
+DOC_KEPT = "copyright"  # the one file kept in each usr/share/doc/<package>
 
 
 class BuildError(RuntimeError):
@@ -71,20 +73,25 @@ def build_all(
     directory: Path = CATALOG_DIR,
 ) -> list[ImageMeta]:
     """Build the named catalogue images (all when `ids` is empty or None), skipping up-to-date ones."""
+    return [build_image(entry, store, force=force, progress=progress) for entry in pick(ids, directory)]
+
+
+def pick(ids: Sequence[str] | None, directory: Path = CATALOG_DIR) -> list[CatalogEntry]:
+    """The catalogue entries with these ids (all when `ids` is empty or None); CatalogError for an
+    unknown id."""
     catalog = load_catalog(directory)
     wanted = list(dict.fromkeys(ids)) if ids else list(catalog)
     unknown = [image_id for image_id in wanted if image_id not in catalog]
     if unknown:
         raise CatalogError(f"unknown image id {', '.join(map(repr, unknown))} (known: {', '.join(catalog)})")
-    return [build_image(catalog[image_id], store, force=force, progress=progress) for image_id in wanted]
+    return [catalog[image_id] for image_id in wanted]
 
 
 def build_image(
     entry: CatalogEntry, store: ImageStore, *, force: bool = False, progress: Progress = print
 ) -> ImageMeta:
     """Build `entry` into `store` unless its current image was built from the same input key."""
-    resolved = _resolve(entry)
-    key = input_key(entry.source, resolved)
+    resolved, key = resolve_inputs(entry)
     with store.lock(entry.id):
         current = store.current(entry.id)
         if current is not None and current.input_key == key and not force:
@@ -94,12 +101,24 @@ def build_image(
         try:
             return _build(entry, store, key, resolved, work, progress)
         finally:
-            _remove_tree(work)
+            remove_tree(work)
+
+
+def resolve_inputs(entry: CatalogEntry) -> tuple[dict, str]:
+    """What the entry's source resolves to without building (see `_resolve`), and the input key."""
+    resolved = _resolve(entry)
+    return resolved, input_key(entry.source, resolved)
 
 
 def input_key(source: dict, resolved: dict) -> str:
     """Hex sha256 over everything that decides an image's bytes and is known before building it."""
-    document = {"builder": BUILDER_VERSION, "mkfs": list(MKFS_ARGS), "source": source, "resolved": resolved}
+    document = {
+        "builder": BUILDER_VERSION,
+        "mkfs": list(MKFS_ARGS),
+        "excluded": list(EXCLUDED),
+        "source": source,
+        "resolved": resolved,
+    }
     return hashlib.sha256(_canonical(document)).hexdigest()
 
 
@@ -110,7 +129,7 @@ def _canonical(value: Any) -> bytes:
 def _build(
     entry: CatalogEntry, store: ImageStore, key: str, resolved: dict, work: Path, progress: Progress
 ) -> ImageMeta:
-    phases = _Phases(entry.id, progress)
+    phases = Phases(entry.id, progress)
 
     def detail(line: str) -> None:
         progress(f"{entry.id}:   {line}")
@@ -118,20 +137,46 @@ def _build(
     started = time.time()
     rootfs = work / "rootfs"
     with phases("rootfs", _describe(entry.source)):
-        if entry.source["kind"] == "busybox-static":
-            packages = _busybox_rootfs(resolved["deb"], rootfs, store, detail)
-        else:
-            packages = _debian_rootfs(entry.source, rootfs, detail)
+        packages = make_rootfs(entry, resolved, rootfs, store, detail)
+    meta = image_from_rootfs(entry, store, key, rootfs, work / "image.erofs", phases, started, packages)
+    progress(f"{entry.id}: built {meta.digest} ({meta.size / 1e6:.1f} MB) in {meta.build_seconds:.1f} s")
+    return meta
+
+
+def make_rootfs(
+    entry: CatalogEntry, resolved: dict, rootfs: Path, store: ImageStore, detail: Progress
+) -> dict[str, str]:
+    """The entry's root filesystem tree at `rootfs`, made by its source's tool; the Debian
+    packages in it (name -> version), when known."""
+    if entry.source["kind"] == "busybox-static":
+        packages = _busybox_rootfs(resolved["deb"], rootfs, store, detail)
+    elif entry.source["kind"] == "oci":
+        from catalog import oci  # not at the top: catalog.oci imports from this module
+
+        oci.unpack(entry.source, entry.path.parent, rootfs, detail, expect=resolved)
+        packages = {}
+    else:
+        packages = _debian_rootfs(entry.source, rootfs, detail)
+    return packages
+
+
+def image_from_rootfs(
+    entry: CatalogEntry,
+    store: ImageStore,
+    key: str,
+    rootfs: Path,
+    image: Path,
+    phases: Phases,
+    started: float,
+    packages: dict[str, str],
+) -> ImageMeta:
+    """The rest of the pipeline: normalise `rootfs` in place, make `image` (on the store's
+    filesystem), hash it and move it into the store as `entry.id`'s current image."""
     with phases("normalise"):
         _normalise(rootfs)
-        epoch = _shipped_epoch(rootfs, started)
-    image = work / "image.erofs"
+        epoch, file_count = _scan(rootfs, started)
     with phases("mkfs", " ".join(MKFS_ARGS)):
-        fs_uuid = uuid.UUID(bytes=bytes.fromhex(key)[:16], version=4)
-        _run(
-            ["mkfs.erofs", "--quiet", *MKFS_ARGS, f"-U{fs_uuid}", str(image), str(rootfs)],
-            env={"SOURCE_DATE_EPOCH": str(epoch)},
-        )
+        _run(mkfs_command(image, rootfs, key), env={"SOURCE_DATE_EPOCH": str(epoch)})
     with phases("digest"):
         digest = "sha256:" + _sha256(image)
     meta = ImageMeta(
@@ -146,10 +191,18 @@ def _build(
         source=entry.source,
         builder=BUILDER_VERSION,
         epoch=epoch,
+        file_count=file_count,
     )
     store.add(image, meta)
-    progress(f"{entry.id}: built {digest} ({meta.size / 1e6:.1f} MB) in {meta.build_seconds:.1f} s")
     return meta
+
+
+def mkfs_command(image: Path, rootfs: Path, key: str) -> list[str]:
+    """The mkfs.erofs command line of an image (run with SOURCE_DATE_EPOCH set to its epoch); the
+    filesystem UUID is derived from the input key."""
+    fs_uuid = uuid.UUID(bytes=bytes.fromhex(key)[:16], version=4)
+    excluded = [f"--exclude-regex={pattern}" for pattern in EXCLUDED]
+    return ["mkfs.erofs", "--quiet", *MKFS_ARGS, *excluded, f"-U{fs_uuid}", str(image), str(rootfs)]
 
 
 def _describe(source: dict) -> str:
@@ -157,10 +210,12 @@ def _describe(source: dict) -> str:
         return (
             f"mmdebstrap {source['variant']} {source['suite']} + {' '.join(source['packages']) or 'nothing'}"
         )
+    if source["kind"] == "oci":
+        return f"oci {source.get('layout') or source['archive']} {source.get('ref', '')}".rstrip()
     return source["kind"]
 
 
-class _Phases:
+class Phases:
     """Times named build phases and reports each one's start and end through `progress`."""
 
     def __init__(self, image_id: str, progress: Progress) -> None:
@@ -181,7 +236,12 @@ class _Phases:
 
 
 def _resolve(entry: CatalogEntry) -> dict:
-    """What the source resolves to without network: for busybox-static, apt's candidate .deb."""
+    """What the source resolves to without network: for busybox-static, apt's candidate .deb; for
+    oci, the image's format and manifest digest."""
+    if entry.source["kind"] == "oci":
+        from catalog import oci  # not at the top: catalog.oci imports from this module
+
+        return oci.resolve(entry.source, entry.path.parent)
     if entry.source["kind"] != "busybox-static":
         return {}
     fields = _apt_show("busybox-static")
@@ -246,10 +306,11 @@ def _fetch_deb(deb: dict, downloads: Path, progress: Progress) -> Path:
 
 
 def _debian_rootfs(source: dict, rootfs: Path, on_line: Callable[[str], object]) -> dict[str, str]:
-    """mmdebstrap a merged-/usr rootfs; returns its package versions.
+    """mmdebstrap a merged-/usr rootfs, running the post-install commands in it (chrooted, with
+    /bin/sh, after all packages are installed); returns its package versions.
 
-    Docs are removed by _normalise rather than with dpkg path-exclude options, which made
-    mmdebstrap's extraction ~5 s slower.
+    Docs are left out by mkfs.erofs (EXCLUDED) rather than with dpkg path-exclude options, which
+    made mmdebstrap's extraction ~5 s slower.
     """
     command = [
         "mmdebstrap",
@@ -258,6 +319,8 @@ def _debian_rootfs(source: dict, rootfs: Path, on_line: Callable[[str], object])
     ]
     if source["packages"]:
         command.append("--include=" + ",".join(source["packages"]))
+    for line in source.get("post_install", ()):
+        command.append(f'--customize-hook=chroot "$1" /bin/sh -ec {shlex.quote(line)}')
     command += [source["suite"], str(rootfs)]
     if "mirror" in source:
         command.append(source["mirror"])
@@ -271,47 +334,64 @@ def _debian_rootfs(source: dict, rootfs: Path, on_line: Callable[[str], object])
 # ---- normalisation ---------------------------------------------------------------------------------
 
 
+def _ere(text: str) -> str:
+    """`text` as a literal in a POSIX extended regex (which Python's re reads the same way)."""
+    return re.sub(r"([.\[\]()*+?{}|^$\\])", r"\\\1", text)
+
+
+def _anything_but(word: str) -> str:
+    """An extended regex (no lookahead in POSIX) matching a non-empty text that is not `word`."""
+    different = [_ere(word[:i]) + (f"($|[^{word[i]}])" if i else f"[^{word[i]}]") for i in range(len(word))]
+    return "(" + "|".join([*different, _ere(word) + "."]) + ")"
+
+
+# What images leave out: POSIX extended regexes over paths relative to the root ("usr/bin/x").
+# mkfs.erofs skips every entry one matches (--exclude-regex), with its subtree, and _scan does the
+# same with Python's re. Leaving them out instead of deleting them keeps the normalise step cheap:
+# unlinking a few thousand files took longer than everything else but mkfs (docs/performance.md).
+EXCLUDED = (
+    "^(" + "|".join(_ere(folder) for folder in (*EMPTIED, *MOUNT_POINTS)) + ")/",
+    "^(" + "|".join(_ere(path) for path in REMOVED) + ")$",
+    *("^" + _ere(glob).replace("\\*", "[^/]*") + "$" for glob in REMOVED_GLOBS),
+    "^usr/share/doc/[^/]+/" + _anything_but(DOC_KEPT),
+)
+
+
 def _normalise(rootfs: Path) -> None:
-    """Drop caches, logs, docs and host leftovers; create empty mount points with fixed modes."""
+    """Create the mount points with fixed modes; what is in them is left out with the rest of
+    EXCLUDED."""
     _refuse_mounts(rootfs)
     rootfs.chmod(0o755)
-    for relative in EMPTIED:
-        _empty(rootfs / relative)
-    for relative in REMOVED:
-        (rootfs / relative).unlink(missing_ok=True)
-    for pattern in REMOVED_GLOBS:
-        for path in rootfs.glob(pattern):
-            path.unlink()
-    docs = rootfs / "usr/share/doc"
-    if docs.is_dir() and not docs.is_symlink():
-        for package in docs.iterdir():
-            if package.is_dir() and not package.is_symlink():
-                for item in package.iterdir():
-                    if item.name != "copyright":
-                        _delete(item)
     for name, mode in MOUNT_POINTS.items():
         path = rootfs / name
         if path.is_symlink() or (path.exists() and not path.is_dir()):
             path.unlink()
         path.mkdir(exist_ok=True)
-        _empty(path)
         path.chmod(mode)
 
 
-def _shipped_epoch(rootfs: Path, started: float) -> int:
-    """The newest mtime in the rootfs that predates the build: the packages' own newest file.
+def _scan(rootfs: Path, started: float) -> tuple[int, int]:
+    """The newest mtime among the entries that go into the image that predates the build (the
+    packages' own newest file), and the number of those entries.
 
     mkfs.erofs clamps every later mtime (files the build created or touched) to it, so the image
     does not depend on when it was built, while shipped files (.py next to their .pyc) keep theirs.
     """
+    excluded = re.compile("|".join(f"(?:{pattern})" for pattern in EXCLUDED))
     cutoff = started - 60  # filesystem timestamps are coarse; nothing shipped is that fresh
     newest = 0.0
+    count = 0
     for folder, dirs, files in os.walk(rootfs):
-        for name in (*dirs, *files):
+        relative = os.path.relpath(folder, rootfs)
+        prefix = "" if relative == "." else relative + "/"
+        dirs[:] = [name for name in dirs if not excluded.search(prefix + name)]
+        kept = [*dirs, *(name for name in files if not excluded.search(prefix + name))]
+        count += len(kept)
+        for name in kept:
             mtime = os.lstat(os.path.join(folder, name)).st_mtime
             if newest < mtime < cutoff:
                 newest = mtime
-    return math.ceil(newest) if newest else SOURCE_DATE_EPOCH
+    return (math.ceil(newest) if newest else SOURCE_DATE_EPOCH), count
 
 
 def _make_dirs(rootfs: Path, path: Path) -> None:
@@ -325,19 +405,6 @@ def _make_dirs(rootfs: Path, path: Path) -> None:
         folder.chmod(0o755)
 
 
-def _empty(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        for item in path.iterdir():
-            _delete(item)
-
-
-def _delete(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    else:
-        path.unlink()
-
-
 def _refuse_mounts(path: Path) -> None:
     """Never delete through a mount left behind by a failed mmdebstrap (it may be the host's /dev)."""
     prefix = str(path.resolve()) + "/"
@@ -348,7 +415,8 @@ def _refuse_mounts(path: Path) -> None:
                 raise BuildError(f"{point} is still mounted; unmount it, then remove {path}")
 
 
-def _remove_tree(path: Path) -> None:
+def remove_tree(path: Path) -> None:
+    """Delete a build directory, refusing while anything is mounted under it."""
     if path.exists():
         _refuse_mounts(path)
         shutil.rmtree(path)

@@ -21,7 +21,7 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -43,6 +43,7 @@ class ImageMeta:
     source: dict = field(default_factory=dict)  # the entry's [source] it was built from
     builder: str = ""  # catalog.build.BUILDER_VERSION
     epoch: int = 0  # the newest file time in the image (see docs/catalog.md)
+    file_count: int = 0  # entries in the image's tree (files, directories, symlinks), the root excluded
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -104,6 +105,43 @@ class ImageStore:
                 yield
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def collect_garbage(self, keep: Iterable[str], *, dry_run: bool = False) -> list[ImageMeta]:
+        """Delete every image that is not the current image of an id in `keep`, and what the store
+        holds for ids not in `keep` (by-id metadata, lock files); returns the metadata of the images
+        deleted (or that would be, with `dry_run`). Holds the lock of every kept id meanwhile, so
+        no build can add an image that is not referenced yet."""
+        ids = sorted(set(keep))
+        with contextlib.ExitStack() as locks:
+            for image_id in ids:
+                locks.enter_context(self.lock(image_id))
+            kept = {meta.digest for meta in map(self.current, ids) if meta is not None}
+            removed = [
+                self._meta_at(path)
+                for path in sorted((self.root / "sha256").glob("*.erofs"))
+                if DIGEST_RE.fullmatch(f"sha256:{path.stem}") and f"sha256:{path.stem}" not in kept
+            ]
+            if dry_run:
+                return removed
+            for meta in removed:
+                self.image_path(meta.digest).unlink(missing_ok=True)
+                self.meta_path(meta.digest).unlink(missing_ok=True)
+            for folder, suffix in (("by-id", ".json"), ("locks", ".lock")):
+                for path in (self.root / folder).glob(f"*{suffix}"):
+                    if path.name.removesuffix(suffix) not in ids:
+                        path.unlink(missing_ok=True)
+                        self._current.pop(path.stem, None)
+        return removed
+
+    def _meta_at(self, image: Path) -> ImageMeta:
+        """The metadata stored beside an image file; a stand-in with its digest and size if none."""
+        digest = f"sha256:{image.stem}"
+        try:
+            return ImageMeta.from_json(json.loads(self.meta_path(digest).read_bytes()))
+        except FileNotFoundError:
+            return ImageMeta(
+                id="", digest=digest, size=image.stat().st_size, input_key="", built_at=0, build_seconds=0
+            )
 
     def scratch(self) -> Path:
         """A directory for build work on the store's filesystem."""

@@ -60,6 +60,23 @@ def cmd_images_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_images_gc(args: argparse.Namespace) -> int:
+    from catalog.entry import CatalogError, load_catalog
+    from catalog.store import ImageStore
+
+    try:
+        ids = list(load_catalog())
+    except CatalogError as error:
+        print(f"pe images gc: {error}", file=sys.stderr)
+        return 1
+    removed = ImageStore(settings_from(args).images_dir).collect_garbage(ids, dry_run=args.dry_run)
+    verb = "would remove" if args.dry_run else "removed"
+    for meta in removed:
+        print(f"{verb} {meta.id or '?'} {meta.digest} ({meta.size / 1e6:.1f} MB)")
+    print(f"{verb} {len(removed)} images, {sum(meta.size for meta in removed) / 1e6:.1f} MB")
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from pe.client import run_command
 
@@ -76,6 +93,18 @@ def cmd_bench_sharing(args: argparse.Namespace) -> int:
     from pe.bench_sharing import bench_sharing
 
     return bench_sharing(args)
+
+
+def cmd_bench_erofs(args: argparse.Namespace) -> int:
+    from pe.bench_erofs import bench_erofs
+
+    return bench_erofs(args)
+
+
+def cmd_bench_build(args: argparse.Namespace) -> int:
+    from pe.bench_build import bench_build
+
+    return bench_build(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -95,6 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--force", action="store_true", help="rebuild even when up to date")
     add_settings_flags(build)
     build.set_defaults(handler=cmd_images_build)
+    gc = image_commands.add_parser(
+        "gc", help="delete images that are not the current image of a catalogue id"
+    )
+    gc.add_argument("--dry-run", action="store_true", help="only list what would be deleted")
+    add_settings_flags(gc)
+    gc.set_defaults(handler=cmd_images_gc)
 
     run = commands.add_parser(
         "run",
@@ -136,6 +171,22 @@ def build_parser() -> argparse.ArgumentParser:
     bench_run.add_argument("--warmup", type=int, default=10)
     add_settings_flags(bench_run)
     bench_run.set_defaults(handler=cmd_bench_run)
+    bench_build = bench_commands.add_parser(
+        "build", help="image build time by phase; the pipeline vs a bare mkfs.erofs of the same tree"
+    )
+    bench_build.add_argument("ids", nargs="*", metavar="ID", help="catalogue ids (default: all)")
+    bench_build.add_argument(
+        "--rounds", type=int, default=3, help="pipeline/mkfs rounds per image (default 3)"
+    )
+    add_settings_flags(bench_build)
+    bench_build.set_defaults(handler=cmd_bench_build)
+    bench_erofs = bench_commands.add_parser(
+        "erofs", help="wire.erofs listing and reading an image vs the kernel's erofs (loop mount)"
+    )
+    bench_erofs.add_argument("--image", metavar="ID", help="catalogue id (default: the largest image)")
+    bench_erofs.add_argument("--rounds", type=int, default=3, help="rounds per side (default 3)")
+    add_settings_flags(bench_erofs)
+    bench_erofs.set_defaults(handler=cmd_bench_erofs)
     sharing = bench_commands.add_parser(
         "sharing", help="bytes of identical files across the catalogue's images"
     )

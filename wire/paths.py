@@ -3,6 +3,9 @@ other)."""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable, Iterable
+
 from wire.errors import WireError
 
 MAX_PATH_BYTES = 4096
@@ -33,3 +36,31 @@ def normalize_path(path: str) -> str:
     if not parts:
         raise WireError(400, "bad_path", f"path {path!r} is empty")
     return "/".join(parts)
+
+
+def glob_regex(pattern: str) -> re.Pattern[str]:
+    """A compiled regex for a glob over whole relative paths: `*` and `?` match within one path
+    component, `**` matches across components (`a/**/b` also matches `a/b`); every other character,
+    brackets included, stands for itself."""
+    parts = []
+    index = 0
+    while index < len(pattern):
+        if pattern.startswith("**/", index):
+            parts.append("(?:.*/)?")
+            index += 3
+        elif pattern.startswith("**", index):
+            parts.append(".*")
+            index += 2
+        else:
+            char = pattern[index]
+            parts.append("[^/]*" if char == "*" else "[^/]" if char == "?" else re.escape(char))
+            index += 1
+    return re.compile("".join(parts), re.S)
+
+
+def glob_matcher(patterns: Iterable[str]) -> Callable[[str], bool]:
+    """Whether a relative path matches any of `patterns` (see `glob_regex`); all paths when none."""
+    regexes = [glob_regex(pattern) for pattern in patterns]
+    if not regexes:
+        return lambda path: True
+    return lambda path: any(regex.fullmatch(path) for regex in regexes)

@@ -32,6 +32,7 @@ import hashlib
 import json
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from itertools import pairwise
 
@@ -66,6 +67,13 @@ class Limits:
     def to_json(self) -> dict[str, int]:
         return asdict(self)
 
+    def merged(self, *overrides: Mapping[str, int]) -> Limits:
+        """These limits with each mapping's values on top, later ones winning (names unchecked)."""
+        values = self.to_json()
+        for layer in overrides:
+            values.update(layer)
+        return Limits(**values)
+
     @classmethod
     def from_json(cls, obj: object) -> Limits:
         """All fields given as integers, as `to_json` writes them (no bounds: see `parse_spec`)."""
@@ -99,9 +107,11 @@ class RunSpec:
     files: tuple[tuple[str, bytes], ...]  # sorted by normalised path
     stdin: bytes
     options: tuple[tuple[str, OptionValue], ...]  # sorted by name
-    limits: Limits  # defaults merged with the request's overrides
+    limits: Limits  # the limits the run gets: defaults merged with `limit_overrides` (the edge
+    # puts the image's own defaults between the two; see `Limits.merged`)
     runner: str | None  # "sandbox" | "vm" | None (edge default)
     cache: bool = True
+    limit_overrides: tuple[tuple[str, int], ...] = ()  # the limits the request gave, sorted by name
 
     @property
     def image_id(self) -> str:
@@ -120,7 +130,7 @@ class RunSpec:
             "files": {path: content_to_json(data) for path, data in self.files},
             "stdin": content_to_json(self.stdin),
             "options": dict(self.options),
-            "limits": self.limits.to_json(),
+            "limits": dict(self.limit_overrides),
             "cache": self.cache,
         }
         if self.runner is not None:
@@ -228,28 +238,35 @@ def _options(value: object) -> tuple[tuple[str, OptionValue], ...]:
     return tuple(sorted(value.items()))
 
 
-def _limits(value: object, max_limits: Limits) -> Limits:
+def _limit_overrides(value: object, max_limits: Limits) -> tuple[tuple[str, int], ...]:
+    """The limits a request gives, checked against `max_limits` (null values are left out)."""
     if value is None:
         value = {}
     if not isinstance(value, dict):
         raise _bad("limits", f"must be an object, not {_json_type(value)}")
-    known = {f.name: f.default for f in fields(Limits)}
+    known = [f.name for f in fields(Limits)]
     unknown = [key for key in value if key not in known]
     if unknown:
         raise WireError(422, "bad_limit", f"limits: unknown {unknown[0]!r} (known: {', '.join(known)})")
-    merged = {}
-    for name, default in known.items():
-        maximum = getattr(max_limits, name)
-        given = value.get(name)
-        if given is None:
-            merged[name] = min(default, maximum)
+    given = {}
+    for name in known:
+        limit = value.get(name)
+        if limit is None:
             continue
-        if type(given) is not int:
-            raise _bad(f"limits.{name}", f"must be an integer, not {_json_type(given)}")
-        if not 0 < given <= maximum:
-            raise WireError(422, "bad_limit", f"limits.{name}: {given} is not in 1..{maximum}")
-        merged[name] = given
-    return Limits(**merged)
+        if type(limit) is not int:
+            raise _bad(f"limits.{name}", f"must be an integer, not {_json_type(limit)}")
+        maximum = getattr(max_limits, name)
+        if not 0 < limit <= maximum:
+            raise WireError(422, "bad_limit", f"limits.{name}: {limit} is not in 1..{maximum}")
+        given[name] = limit
+    return tuple(sorted(given.items()))
+
+
+def _capped_defaults(max_limits: Limits) -> Limits:
+    """DEFAULT_LIMITS, each no higher than `max_limits`."""
+    return Limits(
+        **{f.name: min(getattr(DEFAULT_LIMITS, f.name), getattr(max_limits, f.name)) for f in fields(Limits)}
+    )
 
 
 def _runner(value: object) -> str | None:
@@ -302,6 +319,7 @@ def _parse(obj: object, archived: dict[str, bytes], max_limits: Limits) -> RunSp
     if cache is not None and not isinstance(cache, bool):
         raise _bad("cache", f"must be a boolean, not {_json_type(cache)}")
     stdin = obj.get("stdin")
+    overrides = _limit_overrides(obj.get("limits"), max_limits)
     spec = RunSpec(
         image=_image(obj["image"]),
         argv=_argv(obj.get("argv")),
@@ -309,9 +327,10 @@ def _parse(obj: object, archived: dict[str, bytes], max_limits: Limits) -> RunSp
         files=_files(obj.get("files"), archived),
         stdin=b"" if stdin is None else _content(stdin, "stdin", plain=True),
         options=_options(obj.get("options")),
-        limits=_limits(obj.get("limits"), max_limits),
+        limits=_capped_defaults(max_limits).merged(dict(overrides)),
         runner=_runner(obj.get("runner")),
         cache=cache is not False,
+        limit_overrides=overrides,
     )
     size = len(spec.stdin) + sum(len(data) for _, data in spec.files)
     size += sum(len(item.encode()) for item in spec.argv)

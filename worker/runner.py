@@ -26,6 +26,7 @@ class Job:
     image_digest: str  # "sha256:<hex>" of the erofs file
     image_path: Path  # the erofs file
     runner: str
+    outputs: tuple[str, ...] = ()  # globs of the output files to return (wire.paths); all when empty
 
 
 class Runner(Protocol):

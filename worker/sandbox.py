@@ -212,7 +212,11 @@ class SandboxRunner:
             usage = cgroup.usage()
             crun_log = _head(bundle / "crun.log")
             outputs = collect_outputs(
-                bundle / "work", dict(job.spec.files), total_bytes=limits.output_bytes, max_files=MAX_FILES
+                bundle / "work",
+                dict(job.spec.files),
+                total_bytes=limits.output_bytes,
+                max_files=MAX_FILES,
+                globs=job.outputs,
             )
         finally:
             self._clean_up_later(bundle, cgroup)

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from wire.errors import WireError
 from wire.mime import sniff
-from wire.paths import normalize_path
+from wire.paths import glob_matcher, normalize_path
 from wire.result import FileInfo
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -69,12 +69,15 @@ def _walk(dir_fd: int, prefix: str, skipped: list[str]) -> Iterator[tuple[str, i
             skipped.append(path)
 
 
-def collect_outputs(work: Path, inputs: dict[str, bytes], *, total_bytes: int, max_files: int) -> Outputs:
-    """The files under `work` that are new or differ from `inputs`, in path order, with at most
-    `total_bytes` of content in all (a file cut short, and every later file, is flagged truncated)
-    and at most `max_files` files."""
+def collect_outputs(
+    work: Path, inputs: dict[str, bytes], *, total_bytes: int, max_files: int, globs: Sequence[str] = ()
+) -> Outputs:
+    """The files under `work` that are new or differ from `inputs` and match one of `globs` (any
+    file when there are none), in path order, with at most `total_bytes` of content in all (a file
+    cut short, and every later file, is flagged truncated) and at most `max_files` files."""
     out = Outputs()
     skipped: list[str] = []
+    wanted = glob_matcher(globs)
     room = total_bytes
     extra = 0
     root = os.open(work, _DIR_FLAGS)
@@ -84,6 +87,8 @@ def collect_outputs(work: Path, inputs: dict[str, bytes], *, total_bytes: int, m
                 normalize_path(path)
             except WireError:
                 skipped.append(path)
+                continue
+            if not wanted(path):
                 continue
             fd = os.open(name, _FILE_FLAGS, dir_fd=dir_fd)
             try:

@@ -153,9 +153,41 @@ def test_wrong_digest_is_404_naming_the_image(client: httpx.Client) -> None:
     assert "busybox" in response.json()["error"]["message"]
 
 
-def test_bad_option_is_422(client: httpx.Client) -> None:
-    spec = {"image": "busybox", "argv": ["true"], "options": {"no_such_option": 1}}
-    assert_error(client.post("/api/v1/run", json=spec), 422, "bad_option")
+@pytest.mark.parametrize(
+    ("image", "options", "named"),
+    [
+        ("busybox", {"no_such_option": 1}, "no_such_option"),
+        ("gcc", {"optimize": "-O9"}, "optimize"),
+        ("gcc", {"warnings": "yes"}, "warnings"),
+        ("gcc", {"flags": "-O2; rm -rf /"}, "flags"),
+        ("gnuplot", {"width": 50}, "width"),
+        ("gnuplot", {"width": 645}, "width"),
+    ],
+)
+def test_bad_option_is_422_naming_the_option(
+    client: httpx.Client, image: str, options: dict, named: str
+) -> None:
+    response = client.post("/api/v1/run", json={"image": image, "options": options})
+    assert_error(response, 422, "bad_option")
+    assert response.json()["error"]["message"].startswith(f"option {named!r}: ")
+
+
+def test_image_limits_are_the_defaults_of_its_runs(client: httpx.Client) -> None:
+    """gcc's entry sets wall_ms = 10000; the request's own limits go on top."""
+    spec = {"image": "gcc", "argv": ["true"], "cache": False}
+    assert client.post("/api/v1/run", json=spec).json()["limits"]["wall_ms"] == 10000
+    limits = client.post("/api/v1/run", json={**spec, "limits": {"wall_ms": 3000}}).json()["limits"]
+    assert (limits["wall_ms"], limits["memory_mib"]) == (3000, 256)
+    assert_error(client.post("/api/v1/run", json={**spec, "limits": {"wall_ms": 60_001}}), 422, "bad_limit")
+
+
+def test_only_output_files_matching_the_image_globs_come_back(client: httpx.Client) -> None:
+    """gnuplot's entry returns out.* only (not fit.log and the like)."""
+    script = "mkdir sub; for f in out.svg out.txt fit.log sub/out.svg; do echo $1 > $f; done"
+    spec = {"image": "gnuplot", "argv": ["sh", "-c", script, "sh", unique()]}
+    result = client.post("/api/v1/run", json=spec).json()
+    assert result["status"] == "ok", result
+    assert [file["path"] for file in result["files"]] == ["out.svg", "out.txt"]
 
 
 @pytest.mark.parametrize("limits", [{"wall_ms": -1}, {"wall_ms": 10**9}, {"memory_mib": 0}, {"no_such": 1}])
@@ -181,6 +213,13 @@ def test_catalog_lists_built_images(client: httpx.Client) -> None:
     assert {"busybox", "python3"} <= set(images)
     assert images["busybox"]["digest"].startswith("sha256:")
     assert images["busybox"]["size"] > 0
+    gcc = images["gcc"]
+    assert gcc["homepage"].startswith("https://") and "main.c" in gcc["files"]
+    assert gcc["limits"]["wall_ms"] == 10000 and gcc["limits"]["memory_mib"] == 256
+    assert [option["name"] for option in gcc["options"]] == ["optimize", "std", "warnings", "flags"]
+    assert images["openscad"]["view"]["viewers"]["out.stl"] == "3d"
+    assert images["gnuplot"]["outputs"] == ["out.*"] and images["busybox"]["outputs"] == []
+    assert any("outputs" in example for example in images["graphviz"]["examples"])
 
 
 def test_metrics_count_runs_and_requests(client: httpx.Client) -> None:

@@ -1,4 +1,5 @@
-"""Every catalogue example, run through the edge on the sandbox runner, prints what its entry says."""
+"""Every catalogue example, run through the edge on the sandbox runner, prints what its entry says
+and writes the output files it names, of the types it names."""
 
 from __future__ import annotations
 
@@ -30,3 +31,8 @@ def test_example_output(edge: ServeProcess, image: str, example: dict) -> None:
     result = response.json()
     assert result["status"] == "ok", result
     assert result["stdout"]["text"] == example["stdout"]
+    files = {file["path"]: file for file in result["files"]}
+    for path, mime in example.get("outputs", {}).items():
+        assert path in files, f"{path} is not among the output files {sorted(files)}"
+        assert files[path]["size"] > 0 and not files[path]["truncated"]
+        assert files[path]["mime"].split(";")[0] == mime

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from catalog.entry import CatalogEntry
+from catalog.options import expand_command, option_values
 
 PATH = "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"
 
@@ -41,13 +42,7 @@ def example_argv(entry: CatalogEntry, example: dict) -> list[str]:
     """The example's argv, or the entry's command template filled from its options."""
     if "argv" in example:
         return example["argv"]
-    values = {option["name"]: option["default"] for option in entry.options} | example.get("options", {})
-    argv = []
-    for item in entry.command or ():
-        value = values.get(item[1:-1]) if item.startswith("{") and item.endswith("}") else item
-        if value not in ("", False, None):
-            argv.append(str(value))
-    return argv
+    return list(expand_command(entry, option_values(entry, example.get("options", {}))))
 
 
 def run_example(root: Path, entry: CatalogEntry, example: dict) -> subprocess.CompletedProcess[str]:

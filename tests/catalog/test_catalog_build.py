@@ -55,6 +55,7 @@ def test_busybox_image_mounts_read_only_and_runs_its_examples(
                 assert not list((root / name).iterdir())
         assert {path.name for path in (root / "usr/share/doc/busybox-static").iterdir()} == {"copyright"}
         assert os.lstat(root / "bin/busybox").st_uid == 0
+        assert meta.file_count == sum(len(dirs) + len(files) for _, dirs, files in os.walk(root)) > 269
         with pytest.raises(OSError, match="Read-only"):
             (root / "new").write_text("x")
         for example in CATALOG["busybox"].examples:
@@ -125,6 +126,25 @@ def test_python3_builds_and_runs_its_examples(tmp_path: Path) -> None:
         )
         assert "code object from '/usr/lib/python3.11/json/__pycache__" in verbose.stderr
         assert "stale" not in verbose.stderr
+
+
+@pytest.mark.slow
+@needs_root
+def test_post_install_commands_run_chrooted_in_the_rootfs(tmp_path: Path) -> None:
+    source = {"kind": "debian", "suite": "bookworm", "variant": "essential", "packages": []}
+    commands = [
+        'echo "from the hook in $(cat /etc/debian_version | cut -c1-2)" > /pe-hook',
+        "dpkg --purge --force-remove-essential diffutils",
+    ]
+    entry = dataclasses.replace(CATALOG["python3"], id="hooked", source={**source, "post_install": commands})
+    store = ImageStore(tmp_path / "store")
+    meta = build_image(entry, store, progress=lambda line: None)
+    assert "diffutils" not in meta.packages and "coreutils" in meta.packages
+    assert meta.file_count > 1000 and meta.source["post_install"] == commands
+    assert input_key(entry.source, {}) != input_key(source, {})
+    with mounted(store.image_path(meta.digest), tmp_path / "mnt") as root:
+        assert (root / "pe-hook").read_text() == "from the hook in 12\n"
+        assert not (root / "usr/bin/diff").exists() and (root / "usr/bin/ls").exists()
 
 
 @pytest.mark.slow

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -59,3 +60,44 @@ def test_atomic_write_replaces_and_leaves_no_temporary_files(tmp_path: Path) -> 
     atomic_write(target, b"two")
     assert target.read_bytes() == b"two"
     assert [p.name for p in target.parent.iterdir()] == ["file.json"]
+
+
+def add_image(store: ImageStore, image_id: str, data: bytes) -> ImageMeta:
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    image = store.scratch() / "image.erofs"
+    image.write_bytes(data)
+    added = meta(id=image_id, digest=digest, size=len(data))
+    store.add(image, added)
+    return added
+
+
+def test_garbage_collection_keeps_only_the_current_images_of_the_kept_ids(tmp_path: Path) -> None:
+    store = ImageStore(tmp_path)
+    old_a = add_image(store, "a", b"a, first build")
+    new_a = add_image(store, "a", b"a, second build")
+    gone_b = add_image(store, "b", b"b")
+    with store.lock("b"):
+        pass
+    assert {m.digest for m in store.collect_garbage(["a"], dry_run=True)} == {old_a.digest, gone_b.digest}
+    assert store.current("b") == gone_b, "a dry run deletes nothing"
+    removed = store.collect_garbage(["a", "never-built"])
+    assert sorted(m.digest for m in removed) == sorted([old_a.digest, gone_b.digest])
+    assert {m.id for m in removed} == {"a", "b"}
+    assert store.current("a") == new_a and store.current("b") is None
+    assert sorted(p.name for p in (tmp_path / "sha256").iterdir()) == sorted(
+        [store.image_path(new_a.digest).name, store.meta_path(new_a.digest).name]
+    )
+    assert [p.name for p in (tmp_path / "by-id").iterdir()] == ["a.json"]
+    assert sorted(p.name for p in (tmp_path / "locks").iterdir()) == ["a.lock", "never-built.lock"]
+    assert store.collect_garbage(["a"]) == []
+
+
+def test_garbage_collection_of_an_image_without_metadata(tmp_path: Path) -> None:
+    store = ImageStore(tmp_path)
+    stray = tmp_path / "sha256" / ("cd" * 32 + ".erofs")
+    stray.parent.mkdir()
+    stray.write_bytes(b"12345")
+    (tmp_path / "sha256" / "notes.erofs").write_bytes(b"not named by a digest: left alone")
+    [removed] = store.collect_garbage([])
+    assert (removed.digest, removed.size) == ("sha256:" + "cd" * 32, 5)
+    assert [p.name for p in (tmp_path / "sha256").iterdir()] == ["notes.erofs"]

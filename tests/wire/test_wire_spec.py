@@ -78,6 +78,20 @@ def test_stdin_forms():
     assert parse_spec({"image": "x", "stdin": {"base64": "AAEC\nAwQF\n"}}).stdin == bytes(range(6))
 
 
+def test_the_limits_the_request_gave_are_remembered():
+    spec = parse_spec({"image": "x", "limits": {"pids": 100, "wall_ms": 2000, "memory_mib": None}})
+    assert spec.limit_overrides == (("pids", 100), ("wall_ms", 2000))
+    assert spec.limits == dataclasses.replace(DEFAULT_LIMITS, pids=100, wall_ms=2000)
+    assert spec.to_json()["limits"] == {"pids": 100, "wall_ms": 2000}, "only what the request gave"
+    assert parse_spec({"image": "x"}).limit_overrides == ()
+
+
+def test_limits_merged_puts_later_layers_on_top():
+    merged = DEFAULT_LIMITS.merged({"wall_ms": 10_000, "pids": 10}, {"wall_ms": 2000})
+    assert merged == dataclasses.replace(DEFAULT_LIMITS, wall_ms=2000, pids=10)
+    assert DEFAULT_LIMITS.merged() == DEFAULT_LIMITS
+
+
 def test_defaults_are_capped_by_a_lower_maximum():
     low = dataclasses.replace(MAX_LIMITS, wall_ms=1000)
     assert parse_spec({"image": "x"}, max_limits=low).limits.wall_ms == 1000

@@ -79,3 +79,14 @@ def test_file_count_cap(tmp_path: Path) -> None:
     out = collect(tmp_path, {}, max_files=10)
     assert [f.path for f in out.files] == [f"f{i:02}" for i in range(10)]
     assert out.notes == ["2 more output files left out (at most 10 are returned)"]
+
+
+def test_globs_choose_the_output_files(tmp_path: Path) -> None:
+    for path in ("out.svg", "out.png", "fit.log", "plots/a.svg", "plots/deep/b.svg", "main.c"):
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text(path)
+    out = collect_outputs(tmp_path, {}, total_bytes=1 << 20, max_files=2, globs=("out.*", "plots/**/*.svg"))
+    assert [f.path for f in out.files] == ["out.png", "out.svg"], "the file cap counts matching files only"
+    assert out.notes == ["2 more output files left out (at most 2 are returned)"]
+    every = collect_outputs(tmp_path, {}, total_bytes=1 << 20, max_files=10, globs=("*.c", "plots/**/*.svg"))
+    assert [f.path for f in every.files] == ["main.c", "plots/a.svg", "plots/deep/b.svg"]
