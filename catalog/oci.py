@@ -15,7 +15,6 @@ import gzip
 import hashlib
 import io
 import json
-import os
 import platform
 import re
 import tarfile
@@ -24,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Protocol
 
-from catalog.build import EMPTIED, REMOVED, REMOVED_GLOBS, BuildError
+from catalog.build import BuildError
 from catalog.layer import MAX_BYTES, MAX_FILES, LayerWriter
 
 REF_NAME = "org.opencontainers.image.ref.name"
@@ -104,7 +103,6 @@ def unpack(
                 _apply(blobs, layer, writer, label)
             writer.finish()
         progress(f"{len(image.layers)} layers: {writer.entries:,} entries, {writer.bytes / 1e6:.1f} MB")
-    _check_normalise_paths(rootfs)
 
 
 # ---- reading images ----------------------------------------------------------------------------------
@@ -383,17 +381,3 @@ def _apply(blobs: _Blobs, layer: Layer, writer: LayerWriter, label: str) -> None
         raise BuildError(f"{label}: the content does not match its digest {layer.digest}: corrupt image")
     if layer.size is not None and stored.count != layer.size:
         raise BuildError(f"{label}: {stored.count} bytes, the manifest says {layer.size}")
-
-
-def _check_normalise_paths(rootfs: Path) -> None:
-    """Refuse an image in which a directory the builder's normalise step edits leaves the rootfs.
-
-    That step (catalog/build.py) uses ordinary paths: an image's `usr/share -> /usr/share` would
-    make it empty the host's /usr/share/man. It trims the folders in "usr/share/doc" too.
-    """
-    root = os.path.realpath(rootfs)
-    for relative in (*EMPTIED, *REMOVED, *REMOVED_GLOBS, "usr/share/doc"):
-        parent = os.path.realpath(rootfs / os.path.dirname(relative))
-        if parent != root and not parent.startswith(root + "/"):
-            folder = os.path.dirname(relative)
-            raise BuildError(f"the image's /{folder} is a symlink out of the image ({parent}): refused")
