@@ -4,7 +4,6 @@ can write, and the catalogue's store images compared with the kernel's loop moun
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import random
 import shutil
@@ -16,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from catalog.entry import load_catalog
+from catalog.store import ImageStore
 from pe.settings import load_settings
 from wire.erofs import ErofsError, ErofsImage, ErofsPathError, ErofsUnsupported
 from wire.erofs.format import SUPERBLOCK_OFFSET, crc32c_raw
@@ -264,14 +264,13 @@ def test_superblock_checks(images: dict[str, Path]) -> None:
 
 
 def store_images() -> Iterator[tuple[str, Path]]:
-    """(id, path) of each image in the local store whose metadata names a catalogue entry."""
-    folder = load_settings().images_dir / "sha256"
-    ids = set(load_catalog())
-    for meta_path in sorted(folder.glob("*.json")):
-        image_id = json.loads(meta_path.read_bytes()).get("id")
-        image = meta_path.with_suffix(".erofs")
-        if image_id in ids and image.is_file():
-            yield image_id, image
+    """(id, path) of the current image of each catalogue entry in the local store (older builds of
+    an id are left out: they are what `pe images gc` removes)."""
+    store = ImageStore(load_settings().images_dir)
+    for image_id in load_catalog():
+        meta = store.current(image_id)
+        if meta is not None:
+            yield image_id, store.image_path(meta.digest)
 
 
 STORE = list(store_images())
