@@ -8,28 +8,15 @@ would hold), the shared fraction, and which images share the most with each othe
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import os
-import subprocess
-import tempfile
 from collections import defaultdict
-from collections.abc import Iterator
 from itertools import combinations
 from pathlib import Path
 
 from catalog.entry import load_catalog
 from catalog.store import ImageStore
-
-
-@contextlib.contextmanager
-def mounted(image: Path) -> Iterator[Path]:
-    with tempfile.TemporaryDirectory(prefix="pe-share-") as point:
-        subprocess.run(["mount", "-t", "erofs", "-o", "loop,ro", str(image), point], check=True)
-        try:
-            yield Path(point)
-        finally:
-            subprocess.run(["umount", point], check=True)
+from pe.bench_erofs import mounted
 
 
 def content_sizes(root: Path) -> dict[str, int]:
