@@ -86,7 +86,12 @@ def make_job(edge: Edge, spec: RunSpec) -> Job:
         raise ApiError(422, "argv_required", f"image {image.entry.id!r} has no command template: give argv")
     limits = DEFAULT_LIMITS.merged(image.entry.limits, dict(spec.limit_overrides))
     spec = dataclasses.replace(spec, limits=limits)
-    run_id = request_hash(dataclasses.replace(spec, argv=argv), image_digest=image.meta.digest, runner=runner)
+    run_id = request_hash(
+        dataclasses.replace(spec, argv=argv),
+        image_digest=image.meta.digest,
+        runner=runner,
+        outputs=image.entry.outputs,
+    )
     return Job(
         id=run_id,
         spec=spec,

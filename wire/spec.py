@@ -13,11 +13,13 @@ where doc is
      "stdin": <sha256 hex of stdin>,
      "files": [[path, <sha256 hex of the content>], …] sorted by normalised path,
      "limits": {<all six Limits fields>},
-     "runner": <the runner that runs it, "sandbox" or "vm">}
+     "runner": <the runner that runs it, "sandbox" or "vm">,
+     "outputs": [<output globs>] sorted; only when the image narrows its output files}
 
 JSON strings keep it unambiguous (no value can forge a separator) and ensure_ascii makes the bytes
 independent of how non-ASCII text would be written. `options` are left out because the edge has already
-turned them into argv, and `cache` because it only says whether a stored answer may be used. Any change to
+turned them into argv, and `cache` because it only says whether a stored answer may be used. "outputs"
+is absent when every file under /work comes back, so adding it kept every other id; any other change to
 this encoding must bump "v".
 
 The cpio form (`application/x-cpio`) is a newc archive whose first regular entry is `spec.json` (the JSON
@@ -32,7 +34,7 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from itertools import pairwise
 
@@ -403,9 +405,10 @@ def spec_to_cpio(spec: RunSpec) -> bytes:
     return write_archive([head, *(file_entry(path, data) for path, data in spec.files)])
 
 
-def request_hash(spec: RunSpec, *, image_digest: str, runner: str) -> str:
-    """The run id: see the module docstring for the encoding."""
-    doc = {
+def request_hash(spec: RunSpec, *, image_digest: str, runner: str, outputs: Sequence[str] = ()) -> str:
+    """The run id: see the module docstring for the encoding. `outputs` are the image's output globs,
+    which decide which files a run returns."""
+    doc: dict[str, object] = {
         "v": HASH_VERSION,
         "image": image_digest,
         "argv": list(spec.argv),
@@ -415,5 +418,7 @@ def request_hash(spec: RunSpec, *, image_digest: str, runner: str) -> str:
         "limits": spec.limits.to_json(),
         "runner": runner,
     }
+    if outputs:
+        doc["outputs"] = sorted(outputs)
     text = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(text.encode("ascii")).hexdigest()

@@ -69,7 +69,9 @@ def test_limits_are_defaults_then_the_image_then_the_request(fake_edge: Edge) ->
 def test_the_run_id_covers_the_effective_limits(fake_edge: Edge) -> None:
     job = make_job(fake_edge, parse_spec({"image": "tool"}))
     expected = dataclasses.replace(job.spec, argv=job.argv)
-    assert job.id == request_hash(expected, image_digest=job.image_digest, runner="sandbox")
+    assert job.id == request_hash(
+        expected, image_digest=job.image_digest, runner="sandbox", outputs=("out/*.svg", "result.txt")
+    )
     assert job.id != make_job(fake_edge, parse_spec({"image": "tool", "limits": {"memory_mib": 256}})).id
 
 
@@ -98,6 +100,14 @@ def test_bad_options_are_422_naming_the_option_even_with_argv(fake_edge: Edge) -
 
 def test_the_job_carries_the_output_globs(fake_edge: Edge) -> None:
     assert make_job(fake_edge, parse_spec({"image": "tool"})).outputs == ("out/*.svg", "result.txt")
+
+
+def test_the_run_id_changes_with_the_output_globs(fake_edge: Edge) -> None:
+    """A cached run must not answer for an image whose globs now return other files."""
+    before = make_job(fake_edge, parse_spec({"image": "tool"})).id
+    entry = fake_edge.images.catalog["tool"]
+    fake_edge.images.catalog["tool"] = dataclasses.replace(entry, outputs=("result.txt",))
+    assert make_job(fake_edge, parse_spec({"image": "tool"})).id != before
 
 
 def test_no_argv_and_no_template_is_422(fake_edge: Edge) -> None:
