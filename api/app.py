@@ -97,7 +97,6 @@ def make_job(edge: Edge, spec: RunSpec) -> Job:
         argv=argv,
         image_id=image.entry.id,
         image_digest=image.meta.digest,
-        image_path=image.path,
         runner=runner,
         outputs=image.entry.outputs,
     )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from api.errors import ApiError
 from catalog.entry import CatalogEntry
@@ -15,7 +14,6 @@ from wire.spec import RunSpec
 class ResolvedImage:
     entry: CatalogEntry
     meta: ImageMeta
-    path: Path
 
 
 class ImageResolver:
@@ -41,4 +39,4 @@ class ImageResolver:
                 "unknown_digest",
                 f"image {entry.id!r} is not available at {spec.image_digest}; this service has {meta.digest}",
             )
-        return ResolvedImage(entry, meta, self.store.image_path(meta.digest))
+        return ResolvedImage(entry, meta)

@@ -27,13 +27,13 @@ from worker.runner import Runner
 log = logging.getLogger("pe.edge")
 
 
-def make_runners(settings: Settings) -> dict[str, Runner]:
+def make_runners(settings: Settings, images: ImageStore) -> dict[str, Runner]:
     runners: dict[str, Runner] = {}
     for kind in settings.runners:
         if kind == "sandbox":
             from worker.sandbox import SandboxRunner
 
-            runners[kind] = SandboxRunner(settings.cache_dir, settings.slots)
+            runners[kind] = SandboxRunner(images, settings.slots)
         else:
             raise ValueError(f"the {kind!r} runner is not available in this version")
     return runners
@@ -63,7 +63,7 @@ def make_app(settings: Settings, *, with_worker: bool = True) -> Starlette:
         if not with_worker:
             yield
             return
-        runners = make_runners(settings)
+        runners = make_runners(settings, edge.images.store)
         worker = PullWorker(edge.dispatcher, runners, settings.slots)
         edge.metrics.gauge("pe_workers_connected", "Workers pulling jobs", lambda: 1)
         task = asyncio.create_task(worker.serve(), name="in-process-worker")

@@ -53,6 +53,14 @@ class ImageMeta:
         return cls(**{f.name: obj[f.name] for f in fields(cls) if f.name in obj})
 
 
+@dataclass(frozen=True)
+class ImageLocation:
+    """Where a runner finds an image on this host: an erofs file to mount, and the image's directory in it."""
+
+    file: Path  # the image's own erofs file, or a pack holding several images (catalog/pack.py)
+    root: str = ""  # the image's directory inside `file`, relative; "" when the file is the image's own
+
+
 class ImageStore:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
@@ -62,6 +70,13 @@ class ImageStore:
     def image_path(self, digest: str) -> Path:
         """Where the image with this digest lives (whether or not it exists). ValueError for a bad digest."""
         return self.root / "sha256" / f"{_hex(digest)}.erofs"
+
+    def locate(self, digest: str) -> ImageLocation:
+        """Where a runner finds the image (worker.runner.ImageLocator); LookupError if it is not here."""
+        path = self.image_path(digest)
+        if not path.is_file():
+            raise LookupError(f"image {digest} is not in the store at {self.root}")
+        return ImageLocation(path)
 
     def meta_path(self, digest: str) -> Path:
         return self.root / "sha256" / f"{_hex(digest)}.json"

@@ -80,7 +80,7 @@ async def measure(
     if meta is None:
         raise SystemExit(f"pe bench: image {image_id!r} is not built; run `pe images build {image_id}`")
     spec = {"image": image_id, "argv": ["/bin/true"], "cache": False}
-    runner = SandboxRunner(settings.cache_dir, 1)
+    runner = SandboxRunner(store, 1)
     primitive: list[float] = []
     edge: list[float] = []
     with tempfile.TemporaryDirectory() as scratch:
@@ -88,9 +88,7 @@ async def measure(
             Path(scratch) / "serve.log", "--cache-dir", str(settings.cache_dir), "--slots", "1"
         )
         try:
-            bundle, command = await runner.primitive_command(
-                store.image_path(meta.digest), meta.digest, ["/bin/true"]
-            )
+            bundle, command = await runner.primitive_command(meta.digest, ["/bin/true"])
             client = http.client.HTTPConnection(urllib.parse.urlsplit(served.url).netloc, timeout=60)
             time_primitive(bundle, command, warmup)
             time_edge(client, spec, warmup)

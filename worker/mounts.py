@@ -7,26 +7,26 @@ be traversable by other users, which rules out ~/.cache under /root):
   crun/          crun's state (`crun --root`)
   mnt/           a shared bind mount, so mounts made under it later reach the namespace
     work/        one tmpfs for all per-run directories
-    images/<hex> each image's erofs, mounted read-only once and kept until `teardown`
+    images/<n>   each erofs file (an image, or a pack of images), mounted read-only once and kept
+                 until `teardown`
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
-import re
 import shutil
 import stat
 import subprocess
 from pathlib import Path
 
+from catalog.store import ImageLocation
 from worker.cgroups import MOUNTINFO, parse_mountinfo
 
 log = logging.getLogger("pe.worker.mounts")
-
-_DIGEST = re.compile(r"sha256:([0-9a-f]{64})")
 
 
 class SetupError(RuntimeError):
@@ -81,7 +81,8 @@ class RunnerMounts:
         self.work = self.shared / "work"
         self.images = self.shared / "images"
         self.prefix: list[str] = []  # what runs crun inside the namespace (`nsenter …`), when there is one
-        self._mounted: dict[str, asyncio.Task[Path]] = {}
+        self._mounted: dict[str, asyncio.Task[Path]] = {}  # erofs file -> its mount point
+        self._mount_points = itertools.count()
 
     async def setup(self, work_bytes: int, unmount_in_ns: Path | None) -> None:
         """Make the state directory and its mounts. With `unmount_in_ns`, also a mount namespace
@@ -110,30 +111,33 @@ class RunnerMounts:
             )
             self.prefix = ["nsenter", f"--mount={self.ns}"]
 
-    async def image(self, image_path: Path, digest: str) -> Path:
-        """The read-only mount of an image, made on first use (concurrent first uses share it)."""
-        task = self._mounted.get(digest)
+    async def image(self, location: ImageLocation) -> Path:
+        """The read-only root of an image: its erofs file (or the pack holding it) is mounted on first
+        use (concurrent first uses share the mount) and kept until `teardown`."""
+        key = str(location.file)
+        task = self._mounted.get(key)
         if task is None:
-            task = asyncio.ensure_future(self._mount_image(image_path, digest))
-            self._mounted[digest] = task
+            task = asyncio.ensure_future(self._mount(location.file))
+            self._mounted[key] = task
         try:
-            return await asyncio.shield(task)
+            mounted = await asyncio.shield(task)
         except Exception:
-            if self._mounted.get(digest) is task:
-                del self._mounted[digest]
+            if self._mounted.get(key) is task:
+                del self._mounted[key]
             raise
+        root = mounted / location.root if location.root else mounted
+        if not root.is_dir():
+            raise SetupError(f"{location.file} has no image directory {location.root!r}")
+        return root
 
-    async def _mount_image(self, image_path: Path, digest: str) -> Path:
-        match = _DIGEST.fullmatch(digest)
-        if match is None:
-            raise SetupError(f"bad image digest {digest!r}")
-        if not image_path.is_file():
-            raise SetupError(f"image {digest} is not at {image_path}")
-        target = self.images / match.group(1)
-        target.mkdir(exist_ok=True)
+    async def _mount(self, file: Path) -> Path:
+        if not file.is_file():
+            raise SetupError(f"no erofs file at {file}")
+        target = self.images / str(next(self._mount_points))
+        target.mkdir()
         options = "loop,ro,nosuid,nodev"
-        await run_command("mount", "-t", "erofs", "-o", options, str(image_path), str(target))
-        log.info("image mounted: %s at %s", digest, target)
+        await run_command("mount", "-t", "erofs", "-o", options, str(file), str(target))
+        log.info("image mounted: %s at %s", file, target)
         return target
 
     async def teardown(self) -> None:

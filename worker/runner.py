@@ -10,9 +10,9 @@ first); it releases what `start` made. A closed runner may be started again by a
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol
 
+from catalog.store import ImageLocation
 from wire.result import Result, RunOutput, Status, StreamInfo
 from wire.spec import RunSpec
 
@@ -23,10 +23,15 @@ class Job:
     spec: RunSpec
     argv: tuple[str, ...]  # the spec's argv, or the catalogue entry's command filled from the options
     image_id: str
-    image_digest: str  # "sha256:<hex>" of the erofs file
-    image_path: Path  # the erofs file
+    image_digest: str  # "sha256:<hex>" of the image's own erofs file; runners find it with an ImageLocator
     runner: str
     outputs: tuple[str, ...] = ()  # globs of the output files to return (wire.paths); all when empty
+
+
+class ImageLocator(Protocol):
+    def locate(self, digest: str) -> ImageLocation:
+        """Where the image with this digest is; LookupError when this host does not have it."""
+        ...
 
 
 class Runner(Protocol):

@@ -20,13 +20,14 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from catalog.store import ImageLocation
 from guest.oci import ID_COUNT, oci_config, seccomp_profile
 from wire.result import Result, RunOutput, Status, StreamInfo
 from wire.spec import DEFAULT_LIMITS, MAX_FILES, MAX_INPUT_BYTES, MAX_LIMITS, Limits
 from worker.cgroups import CgroupLayout, CgroupMode, Cgroups, RunCgroup, Usage, detect_layout
 from worker.mounts import RunnerMounts, SetupError, pid_alive, run_command, unmount_under
 from worker.process import Captured, Stop, run_capped
-from worker.runner import Job, error_output
+from worker.runner import ImageLocator, Job, error_output
 from worker.workdir import Outputs, collect_outputs, write_inputs
 
 log = logging.getLogger("pe.worker.sandbox")
@@ -53,7 +54,7 @@ class SandboxRunner:
 
     def __init__(
         self,
-        cache_dir: Path,
+        images: ImageLocator,
         slots: int,
         *,
         run_dir: Path = RUN_DIR,
@@ -61,9 +62,9 @@ class SandboxRunner:
         crun: str = "crun",
         init: Path = INIT,
     ) -> None:
-        """`cache_dir` is the runners' common argument; this runner keeps nothing there, as its mounts
-        must be reachable by unprivileged uids (see `worker.mounts`): they live under `run_dir`."""
-        self.cache_dir = Path(cache_dir)
+        """`images` finds each job's image (normally the ImageStore). The runner's own state lives
+        under `run_dir`, as its mounts must be reachable by unprivileged uids (see `worker.mounts`)."""
+        self.images = images
         self.state_base = Path(run_dir) / "sandbox"
         self.slots = slots
         self.uid_base = uid_base
@@ -193,7 +194,7 @@ class SandboxRunner:
         limits = job.spec.limits
         name = f"pe-{state.token}-{next(self._runs)}"  # the container id and the cgroup's name
         uid = self.uid_base + slot * ID_COUNT
-        root = await state.mounts.image(job.image_path, job.image_digest)
+        root = await state.mounts.image(self._locate(job.image_digest))
         bundle = self._make_bundle(state, name, uid)
         cgroup: RunCgroup | None = None
         try:
@@ -240,6 +241,12 @@ class SandboxRunner:
         self._cleanups.add(done)
         done.add_done_callback(self._cleanups.discard)
 
+    def _locate(self, digest: str) -> ImageLocation:
+        try:
+            return self.images.locate(digest)
+        except LookupError as error:
+            raise SetupError(str(error)) from None
+
     async def _crun(self, state: _Started, *args: str) -> None:
         try:
             await run_command(*state.crun, *args)
@@ -247,14 +254,14 @@ class SandboxRunner:
             log.warning("crun %s failed: %s", args[0], error, extra={"container": args[-1]})
 
     async def primitive_command(
-        self, image_path: Path, digest: str, argv: Sequence[str], limits: Limits = DEFAULT_LIMITS
+        self, digest: str, argv: Sequence[str], limits: Limits = DEFAULT_LIMITS
     ) -> tuple[Path, list[str]]:
         """The bare crun invocation of a run, for `pe bench` to time from a shell loop: a bundle made
         once (no input files) and the command line a run would spawn. Runs of it must not overlap;
         the bundle and its cgroup last until `close`."""
         state = await self._started()
         name = f"pe-{state.token}-bench{next(self._runs)}"
-        root = await state.mounts.image(image_path, digest)
+        root = await state.mounts.image(self._locate(digest))
         bundle = self._make_bundle(state, name, self.uid_base)
         cgroup = state.cgroups.create(name, limits)
         return bundle, self._bundle(state, bundle, root, argv, (), limits, self.uid_base, cgroup)

@@ -26,19 +26,20 @@ import pytest
 
 from catalog.store import ImageStore
 from pe.settings import load_settings
+from tests.support.images import FixedImages
 from wire.result import RunOutput, Status
 from wire.spec import parse_spec
-from worker.runner import Job, Runner
+from worker.runner import ImageLocator, Job, Runner
 
 pytestmark = pytest.mark.sandbox
 
 SIGKILL, SIGSEGV, SIGXFSZ = 9, 11, 25
 
 
-def _sandbox_runner(tmp: Path) -> Runner:
+def _sandbox_runner(images: ImageLocator) -> Runner:
     from worker.sandbox import SandboxRunner
 
-    return SandboxRunner(tmp / "cache", slots=2)
+    return SandboxRunner(images, slots=2)
 
 
 def _sandbox_missing() -> str | None:
@@ -51,7 +52,7 @@ def _sandbox_missing() -> str | None:
 
 @dataclass(frozen=True)
 class RunnerKind:
-    factory: Callable[[Path], Runner]
+    factory: Callable[[ImageLocator], Runner]
     missing: Callable[[], str | None]  # why this host cannot test it, or None
     host_visible: bool  # the program's processes are processes of this host
 
@@ -110,7 +111,7 @@ class Harness:
         found = self.images[image]
         return Job(
             id=uuid.uuid4().hex, spec=parsed, argv=parsed.argv, image_id=found.id, image_digest=found.digest,
-            image_path=found.path, runner=self.name,
+            runner=self.name,
         )  # fmt: skip
 
     def start(self, argv: list[str], **spec: object) -> Future[RunOutput]:
@@ -137,7 +138,8 @@ def runner(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     python = _store_image("python3")
     if python is not None:
         images["python3"] = python
-    harness = Harness(request.param, kind, kind.factory(tmp), images)
+    locator = FixedImages({image.digest: image.path for image in images.values()})
+    harness = Harness(request.param, kind, kind.factory(locator), images)
     yield harness
     harness.close()
 

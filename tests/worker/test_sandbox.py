@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.images import FixedImages
 from wire.result import Status
 from wire.spec import Limits, parse_spec
 from worker.cgroups import Usage, detect_layout
@@ -24,11 +25,9 @@ from worker.workdir import Outputs
 DEAD_PID = (1 << 22) + 1  # above any pid_max
 
 
-def job(
-    argv: list[str], image: Path = Path("/none.erofs"), digest: str = "sha256:" + "0" * 64, **spec
-) -> Job:
+def job(argv: list[str], digest: str = "sha256:" + "0" * 64, **spec) -> Job:
     parsed = parse_spec({"image": "busybox", "argv": argv, **spec})
-    return Job("id", parsed, parsed.argv, "busybox", digest, image, "sandbox")
+    return Job("id", parsed, parsed.argv, "busybox", digest, "sandbox")
 
 
 def captured(returncode: int, stopped: Stop | None = None) -> Captured:
@@ -112,10 +111,10 @@ def loops_backed_by(path: Path) -> list[str]:
 @pytest.mark.sandbox
 @needs_root
 def test_primitive_command_and_clean_close(tmp_path: Path, run_dir: Path, image: tuple[Path, str]) -> None:
-    runner = SandboxRunner(tmp_path, slots=1, run_dir=run_dir)
+    runner = SandboxRunner(FixedImages({image[1]: image[0]}), slots=1, run_dir=run_dir)
 
     async def main() -> tuple[Path, list[str]]:
-        return await runner.primitive_command(image[0], image[1], ["/bin/busybox", "echo", "bare"], Limits())
+        return await runner.primitive_command(image[1], ["/bin/busybox", "echo", "bare"], Limits())
 
     loop = asyncio.new_event_loop()
     try:
@@ -144,12 +143,12 @@ def test_start_sweeps_what_a_dead_runner_left(tmp_path: Path, run_dir: Path, ima
     layout = detect_layout()
     cgroup = layout.hierarchies[0] / "pe" / stale.name / "leftover"
     cgroup.mkdir(parents=True)
-    runner = SandboxRunner(tmp_path, slots=1, run_dir=run_dir)
+    runner = SandboxRunner(FixedImages({image[1]: image[0]}), slots=1, run_dir=run_dir)
 
     async def main() -> Status:
         try:
             await runner.start()
-            return (await runner.run(job(["/bin/busybox", "true"], *image))).result.status
+            return (await runner.run(job(["/bin/busybox", "true"], image[1]))).result.status
         finally:
             await runner.close()
 
@@ -164,12 +163,13 @@ def test_infrastructure_failures_are_error_results(
     tmp_path: Path, run_dir: Path, image: tuple[Path, str]
 ) -> None:
     async def main() -> list:
-        good = SandboxRunner(tmp_path, slots=1, run_dir=run_dir)
-        broken = SandboxRunner(tmp_path, slots=1, run_dir=run_dir, init=tmp_path / "no-init")
+        images = FixedImages({image[1]: image[0], "sha256:" + "1" * 64: tmp_path / "missing.erofs"})
+        good = SandboxRunner(images, slots=1, run_dir=run_dir)
+        broken = SandboxRunner(images, slots=1, run_dir=run_dir, init=tmp_path / "no-init")
         try:
             return [
-                await good.run(job(["true"], tmp_path / "missing.erofs", image[1])),
-                await broken.run(job(["true"], *image)),
+                await good.run(job(["true"], "sha256:" + "1" * 64)),
+                await broken.run(job(["true"], image[1])),
             ]
         finally:
             await good.close()
