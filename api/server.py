@@ -17,7 +17,7 @@ from api.app import Edge, create_app
 from api.images import ImageResolver
 from api.jobs import Dispatcher
 from api.metrics import Metrics
-from api.runs import RunStore
+from api.state import make_state
 from catalog.entry import load_catalog
 from catalog.store import ImageStore
 from pe.settings import Settings
@@ -49,35 +49,51 @@ def make_edge(settings: Settings) -> Edge:
             log.warning(
                 "image %s is not built; runs of it answer 503 until `pe images build %s`", image_id, image_id
             )
-    dispatcher = Dispatcher(RunStore(settings.run_store_bytes), metrics, settings.queue_size)
+    state = make_state(settings)
+    dispatcher = Dispatcher(state, metrics)
     metrics.gauge("pe_queue_depth", "Jobs waiting for a worker", lambda: dispatcher.depth)
-    return Edge(settings=settings, images=resolver, dispatcher=dispatcher, metrics=metrics)
+    return Edge(
+        settings=settings, images=resolver, dispatcher=dispatcher, metrics=metrics, buckets=state.buckets
+    )
 
 
 def make_app(settings: Settings, *, with_worker: bool = True) -> Starlette:
     """The edge app; with `with_worker`, its lifespan also runs an in-process worker with `settings.slots`."""
     edge = make_edge(settings)
+    state = edge.dispatcher.state
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        if not with_worker:
-            yield
-            return
-        runners = make_runners(settings, edge.images.store)
-        worker = PullWorker(edge.dispatcher, runners, settings.slots)
-        edge.metrics.gauge("pe_workers_connected", "Workers pulling jobs", lambda: 1)
-        task = asyncio.create_task(worker.serve(), name="in-process-worker")
+        await state.start()
         try:
-            yield
+            if with_worker:
+                async with in_process_worker(edge):
+                    yield
+            else:
+                yield
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            await worker.drain()
-            for runner in runners.values():
-                await runner.close()
+            await state.close()
 
     return create_app(edge, lifespan=lifespan)
+
+
+@contextlib.asynccontextmanager
+async def in_process_worker(edge: Edge) -> AsyncIterator[None]:
+    """A worker with `settings.slots` slots pulling from this edge, until the context ends; then the
+    runs in progress finish (and complete) before the runners close."""
+    runners = make_runners(edge.settings, edge.images.store)
+    worker = PullWorker(edge.dispatcher, runners, edge.settings.slots)
+    edge.metrics.gauge("pe_workers_connected", "Workers pulling jobs", lambda: 1)
+    task = asyncio.create_task(worker.serve(), name="in-process-worker")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await worker.drain()
+        for runner in runners.values():
+            await runner.close()
 
 
 def hypercorn_config(settings: Settings) -> Config:

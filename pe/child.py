@@ -66,3 +66,27 @@ def start_serve(
             time.sleep(0.1)
     process.kill()
     raise RuntimeError(f"pe serve did not answer within {timeout_s} s:\n{log.read_text()}")
+
+
+def start_redis(folder: Path, port: int, timeout_s: float = 10) -> subprocess.Popen:
+    """A redis-server on 127.0.0.1:`port` that saves nothing, its log in `folder`; returns once it
+    answers PING. The caller stops it (terminate, wait)."""
+    import redis
+
+    command = ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--dir", str(folder)]
+    command += ["--save", "", "--appendonly", "no"]
+    log = folder / "redis.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+    client = redis.Redis(port=port, socket_connect_timeout=1)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"redis-server exited with {process.returncode}:\n{log.read_text()}")
+        try:
+            client.ping()
+            return process
+        except redis.ConnectionError:
+            time.sleep(0.05)
+    process.kill()
+    raise RuntimeError(f"redis-server did not answer within {timeout_s} s:\n{log.read_text()}")

@@ -101,6 +101,12 @@ def cmd_bench_erofs(args: argparse.Namespace) -> int:
     return bench_erofs(args)
 
 
+def cmd_bench_state(args: argparse.Namespace) -> int:
+    from pe.bench_state import bench_state
+
+    return bench_state(args)
+
+
 def cmd_bench_build(args: argparse.Namespace) -> int:
     from pe.bench_build import bench_build
 
@@ -115,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="edge + in-process worker on one port")
     add_settings_flags(serve)
+    serve.add_argument("--redis", dest="setting_state", metavar="URL", help="same as --state URL")
     serve.set_defaults(handler=cmd_serve)
 
     images = commands.add_parser("images", help="build and manage catalogue images")
@@ -187,6 +194,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench_erofs.add_argument("--rounds", type=int, default=3, help="rounds per side (default 3)")
     add_settings_flags(bench_erofs)
     bench_erofs.set_defaults(handler=cmd_bench_erofs)
+    bench_state = bench_commands.add_parser(
+        "state", help="cache hits and fresh runs with the Redis state vs the in-memory state"
+    )
+    bench_state.add_argument("-n", "--runs", type=int, default=400, help="requests per case and state")
+    bench_state.add_argument("--image", default="busybox")
+    add_settings_flags(bench_state)
+    bench_state.set_defaults(handler=cmd_bench_state)
     sharing = bench_commands.add_parser(
         "sharing", help="bytes of identical files across the catalogue's images"
     )

@@ -34,6 +34,8 @@ class Settings:
     max_body_bytes: int = 20 << 20
     run_store_bytes: int = 256 << 20
     queue_size: int = 1000
+    client_queue_size: int = 100
+    lease_s: float = 30.0
     tls_cert: str = ""
     tls_key: str = ""
     log_level: str = "info"
@@ -52,7 +54,16 @@ class Settings:
             raise ValueError(f"PE_STATE: expected 'memory' or a redis:// URL, got {self.state!r}")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("PE_TLS_CERT and PE_TLS_KEY must be given together")
-        for name in ("port", "max_connections", "max_streams", "slots", "max_body_bytes", "queue_size"):
+        for name in (
+            "port",
+            "max_connections",
+            "max_streams",
+            "slots",
+            "max_body_bytes",
+            "queue_size",
+            "client_queue_size",
+            "lease_s",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"PE_{name.upper()}: must be positive")
 
@@ -76,6 +87,8 @@ FIELD_HELP: dict[str, str] = {
     "max_body_bytes": "largest request body accepted (413 above)",
     "run_store_bytes": "bytes of results kept for GET /api/v1/runs/<id> (least recently used go first)",
     "queue_size": "most jobs waiting for a worker (503 above)",
+    "client_queue_size": "most jobs one client may have waiting (429 above)",
+    "lease_s": "seconds a worker holds a job unless it renews the lease; then the job runs elsewhere",
     "tls_cert": "PEM certificate file; serves HTTPS (HTTP/2 by ALPN) when given with tls_key",
     "tls_key": "PEM private key file for tls_cert",
     "log_level": "debug, info, warning or error",

@@ -9,12 +9,13 @@ first); it releases what `start` made. A closed runner may be started again by a
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Protocol
 
 from catalog.store import ImageLocation
 from wire.result import Result, RunOutput, Status, StreamInfo
-from wire.spec import RunSpec
+from wire.spec import Limits, RunSpec, parse_spec
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,34 @@ class Job:
     image_digest: str  # "sha256:<hex>" of the image's own erofs file; runners find it with an ImageLocator
     runner: str
     outputs: tuple[str, ...] = ()  # globs of the output files to return (wire.paths); all when empty
+
+    def to_json(self) -> dict:
+        """A JSON form for queues shared between processes (the Redis state); no host paths in it.
+        The spec travels in its public form, plus the limits the edge settled on."""
+        return {
+            "id": self.id,
+            "spec": self.spec.to_json(),
+            "limits": self.spec.limits.to_json(),
+            "argv": list(self.argv),
+            "image_id": self.image_id,
+            "image_digest": self.image_digest,
+            "runner": self.runner,
+            "outputs": list(self.outputs),
+        }
+
+    @classmethod
+    def from_json(cls, obj: dict) -> Job:
+        """The inverse of `to_json` (WireError if the spec in it is not valid)."""
+        spec = dataclasses.replace(parse_spec(obj["spec"]), limits=Limits.from_json(obj["limits"]))
+        return cls(
+            id=obj["id"],
+            spec=spec,
+            argv=tuple(obj["argv"]),
+            image_id=obj["image_id"],
+            image_digest=obj["image_digest"],
+            runner=obj["runner"],
+            outputs=tuple(obj["outputs"]),
+        )
 
 
 class ImageLocator(Protocol):

@@ -12,7 +12,8 @@ from api.errors import ApiError
 from api.images import ImageResolver
 from api.jobs import Dispatcher
 from api.metrics import Metrics
-from api.runs import RunStore
+from api.ratelimit import MemoryBuckets
+from api.state import MemoryState
 from catalog.entry import load_entry
 from catalog.store import ImageMeta, ImageStore
 from pe.settings import Settings
@@ -54,7 +55,12 @@ def fake_edge(tmp_path: Path) -> Edge:
     return Edge(
         settings=Settings(cache_dir=tmp_path),
         images=ImageResolver({"tool": entry}, store),
-        dispatcher=Dispatcher(RunStore(1 << 20), metrics, 10),
+        dispatcher=Dispatcher(
+            MemoryState(
+                cache_bytes=1 << 20, queue_size=10, client_queue_size=10, lease_s=30, buckets=MemoryBuckets()
+            ),
+            metrics,
+        ),
         metrics=metrics,
     )
 

@@ -1,0 +1,150 @@
+"""The state an edge keeps, behind one interface: the run queue and its leases, single-flight, the result
+cache and the rate-limit buckets. `MemoryState` keeps it in this process (the embedded default),
+`RedisState` in a Redis server that several edges share (docs/state.md).
+
+What the backends have in common lives here:
+
+- waiting: each process keeps one future per job id it waits for. The first local request for a job
+  asks the backend to join the job's flight or queue it (`_enqueue`); identical requests in this process
+  then wait on the same future, and the backend resolves it when the job completes (`_deliver`).
+- pulling: a worker asks for a job (`_take`); when there is none it sleeps until new work is announced
+  (`_announce_work`) or for `POLL_S`, when expired leases are looked at again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from abc import ABC, abstractmethod
+
+from api.errors import ApiError
+from api.ratelimit import BucketStore
+from wire.result import RunOutput
+from worker.pull import Lease
+from worker.runner import Job
+
+RETRY_AFTER_S = 2
+POLL_S = 0.5  # how often an idle worker looks for expired leases and missed announcements
+DEFAULT_CLIENT = "anonymous"  # the sub-queue of runs whose client is not known
+
+
+def queue_full() -> ApiError:
+    return ApiError(
+        503, "queue_full", "too many runs are waiting; try again shortly", {"Retry-After": str(RETRY_AFTER_S)}
+    )
+
+
+def client_queue_full(limit: int) -> ApiError:
+    """Per-client bound: 429, since it is this client, not the service, that has asked for too much."""
+    return ApiError(
+        429,
+        "client_queue_full",
+        f"you already have {limit} runs waiting; try again when they have run",
+        {"Retry-After": str(RETRY_AFTER_S)},
+    )
+
+
+class StateUnavailable(ApiError):
+    def __init__(self, detail: str) -> None:
+        super().__init__(
+            503,
+            "state_unavailable",
+            f"the shared state store is not reachable ({detail}); try again shortly",
+            {"Retry-After": str(RETRY_AFTER_S)},
+        )
+
+
+class State(ABC):
+    """Queue bounds: `queue_size` jobs waiting in all, at most `client_queue_size` of them from one client.
+    Pulled jobs are leased for `lease_s` seconds at a time."""
+
+    def __init__(
+        self, *, queue_size: int, client_queue_size: int, lease_s: float, buckets: BucketStore
+    ) -> None:
+        self.queue_size = queue_size
+        self.client_queue_size = client_queue_size
+        self.lease_s = lease_s
+        self.buckets = buckets
+        self._waiting: dict[str, asyncio.Future[RunOutput]] = {}
+        self._enqueues: set[asyncio.Task[None]] = set()
+        self._work = asyncio.Event()
+
+    @abstractmethod
+    async def start(self) -> None:
+        """Begin background work (the Redis backend listens for completions)."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Stop background work and release connections."""
+
+    @property
+    @abstractmethod
+    def depth(self) -> int:
+        """Jobs waiting for a worker (with Redis: in the shared queue, as last seen)."""
+
+    @abstractmethod
+    async def stored(self, run_id: str) -> RunOutput | None:
+        """The cached output of `run_id`, now the most recently used; None when not (or no longer) kept."""
+
+    async def submit(self, job: Job, *, client: str, use_cache: bool) -> asyncio.Future[RunOutput]:
+        """The future output of `job`, once the job is in flight: joins its flight when one is queued
+        or running (here or on another edge), else queues it in `client`'s sub-queue. Raises (and fails
+        the future of identical requests here with) a 503/429 ApiError when a queue bound is reached or
+        the state store is down."""
+        future = self._waiting.get(job.id)
+        if future is None:
+            future = self._waiting[job.id] = asyncio.get_running_loop().create_future()
+            # A task, so that a client going away mid-way cannot leave the other waiters in doubt.
+            task = asyncio.create_task(self._enqueue(job, client=client, use_cache=use_cache))
+            self._enqueues.add(task)
+            task.add_done_callback(self._enqueues.discard)
+            task.add_done_callback(lambda done: self._enqueued(job.id, done))
+            await asyncio.shield(task)
+        return future
+
+    def _enqueued(self, job_id: str, task: asyncio.Task[None]) -> None:
+        error = task.exception() if not task.cancelled() else None
+        if error is not None:
+            self._fail(job_id, error)
+
+    @abstractmethod
+    async def _enqueue(self, job: Job, *, client: str, use_cache: bool) -> None:
+        """Join the job's flight or queue it; raise `queue_full()`/`client_queue_full()` when refused."""
+
+    def _deliver(self, job_id: str, output: RunOutput) -> None:
+        future = self._waiting.pop(job_id, None)
+        if future is not None and not future.done():
+            future.set_result(output)
+
+    def _fail(self, job_id: str, error: BaseException) -> None:
+        future = self._waiting.pop(job_id, None)
+        if future is not None and not future.done():
+            future.set_exception(error)
+            future.exception()  # reported to whoever waits; not worth a "never retrieved" warning
+
+    async def pull(self) -> Lease:
+        """The next job, leased to the caller; waits until there is one."""
+        while True:
+            self._work.clear()  # before looking, so that an announcement made meanwhile is not missed
+            lease = await self._take()
+            if lease is not None:
+                return lease
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._work.wait(), POLL_S)
+
+    def _announce_work(self) -> None:
+        self._work.set()
+
+    @abstractmethod
+    async def _take(self) -> Lease | None:
+        """Queue jobs with expired leases again (at the front), then lease the next job, round-robin
+        over the clients' sub-queues; None when no job waits."""
+
+    @abstractmethod
+    async def extend(self, lease: Lease) -> bool:
+        """Renew the lease for `lease_s` from now; False when the job is no longer leased with this token."""
+
+    @abstractmethod
+    async def complete(self, lease: Lease, output: RunOutput) -> bool:
+        """Cache the output and answer every waiter (on every edge); False, and nothing done, when the
+        lease is no longer held (it expired and the job was queued again or has completed since)."""

@@ -1,0 +1,117 @@
+"""The embedded state: everything in this process, for a single `pe serve`."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass
+
+from api.ratelimit import BucketStore
+from api.runs import RunStore
+from api.state.base import State, client_queue_full, queue_full
+from wire.result import RunOutput
+from worker.pull import Lease
+from worker.runner import Job
+
+
+@dataclass
+class _Held:
+    token: str
+    deadline: float  # time.monotonic()
+
+
+class MemoryState(State):
+    def __init__(
+        self,
+        *,
+        cache_bytes: int,
+        queue_size: int,
+        client_queue_size: int,
+        lease_s: float,
+        buckets: BucketStore,
+    ) -> None:
+        super().__init__(
+            queue_size=queue_size, client_queue_size=client_queue_size, lease_s=lease_s, buckets=buckets
+        )
+        self.store = RunStore(cache_bytes)
+        self._jobs: dict[str, Job] = {}  # queued or leased
+        self._front: deque[str] = deque()  # jobs whose lease expired: served before any sub-queue
+        self._queues: dict[str, deque[str]] = {}  # client → its waiting job ids; present while not empty
+        self._turns: deque[str] = deque()  # the clients with waiting jobs, in the order they are served
+        self._leases: dict[str, _Held] = {}
+        self._depth = 0
+
+    async def start(self) -> None:
+        """Nothing runs in the background."""
+
+    async def close(self) -> None:
+        """Nothing to release."""
+
+    @property
+    def depth(self) -> int:
+        return self._depth
+
+    async def stored(self, run_id: str) -> RunOutput | None:
+        return self.store.get(run_id)
+
+    async def _enqueue(self, job: Job, *, client: str, use_cache: bool) -> None:
+        # Every waiter is in this process, so a job with a flight already has a future: it is new here.
+        if self._depth >= self.queue_size:
+            raise queue_full()
+        queue = self._queues.get(client)
+        if queue is None:
+            queue = self._queues[client] = deque()
+            self._turns.append(client)
+        elif len(queue) >= self.client_queue_size:
+            raise client_queue_full(self.client_queue_size)
+        queue.append(job.id)
+        self._jobs[job.id] = job
+        self._depth += 1
+        self._announce_work()
+
+    async def _take(self) -> Lease | None:
+        self._requeue_expired()
+        if self._front:
+            job_id = self._front.popleft()
+        elif self._turns:
+            client = self._turns.popleft()
+            queue = self._queues[client]
+            job_id = queue.popleft()
+            if queue:
+                self._turns.append(client)
+            else:
+                del self._queues[client]
+        else:
+            return None
+        self._depth -= 1
+        token = uuid.uuid4().hex
+        self._leases[job_id] = _Held(token, time.monotonic() + self.lease_s)
+        return Lease(self._jobs[job_id], token, self.lease_s)
+
+    def _requeue_expired(self) -> None:
+        now = time.monotonic()
+        expired = [job_id for job_id, held in self._leases.items() if held.deadline <= now]
+        for job_id in sorted(expired, key=lambda job_id: self._leases[job_id].deadline, reverse=True):
+            del self._leases[job_id]
+            self._front.appendleft(job_id)
+            self._depth += 1
+
+    def _holds(self, lease: Lease) -> bool:
+        held = self._leases.get(lease.job.id)
+        return held is not None and held.token == lease.token
+
+    async def extend(self, lease: Lease) -> bool:
+        if not self._holds(lease):
+            return False
+        self._leases[lease.job.id].deadline = time.monotonic() + self.lease_s
+        return True
+
+    async def complete(self, lease: Lease, output: RunOutput) -> bool:
+        if not self._holds(lease):
+            return False
+        del self._leases[lease.job.id]
+        del self._jobs[lease.job.id]
+        self.store.put(lease.job.id, output)
+        self._deliver(lease.job.id, output)
+        return True
