@@ -138,19 +138,29 @@ async def catalog(request: Request) -> Response:
 
 async def image_file(request: Request) -> Response:
     """An image's erofs file, with Range support (the browser reads images piecewise, wire/erofs).
-    Content-addressed, so cacheable for ever."""
+    Content-addressed, so cacheable for ever. A packed image is served from its own erofs file,
+    regenerated from the pack on first request (seconds, in a thread) and kept by the store."""
+    import logging
+
+    from starlette.concurrency import run_in_threadpool
+
+    from catalog.pack import PackError
+
     edge: Edge = request.app.state.edge
     digest = request.path_params["digest"]
     if not digest.startswith("sha256:"):
         digest = "sha256:" + digest
     try:
-        path = edge.images.store.image_path(digest)  # the store's own digest rule
-    except ValueError:
+        path = await run_in_threadpool(edge.images.store.image_file, digest)
+    except ValueError:  # the store's own digest rule
         raise ApiError(
             400, "bad_digest", "an image digest is sha256:<64 lowercase hex digits>, or the hex"
         ) from None
-    if not path.is_file():
-        raise ApiError(404, "unknown_digest", f"no image {digest} here")
+    except LookupError:
+        raise ApiError(404, "unknown_digest", f"no image {digest} here") from None
+    except PackError as error:  # the details (host paths, mkfs output) stay in the server's log
+        logging.getLogger("pe.api").error("image %s: %s", digest, error)
+        raise ApiError(500, "image_unavailable", f"image {digest} could not be read from its pack") from None
     headers = {"ETag": f'"{digest}"', "Cache-Control": "public, max-age=31536000, immutable"}
     return FileResponse(path, media_type="application/octet-stream", headers=headers)
 

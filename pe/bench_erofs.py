@@ -14,19 +14,18 @@ Throughput counts file bytes (decompressed), not image bytes.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import shutil
 import stat
 import statistics
 import subprocess
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
+from catalog.pack import mounted
 from catalog.store import ImageMeta, ImageStore
 from wire.erofs import ErofsImage
 
@@ -42,7 +41,7 @@ def bench_erofs(args: argparse.Namespace) -> int:
     if meta is None:
         print("pe bench erofs: no such built image" if args.image else "pe bench erofs: the store is empty")
         return 1
-    path = store.image_path(meta.digest)
+    path = store.image_file(meta.digest)  # regenerated from its pack if need be
     print(f"image: {meta.id} {meta.digest[:19]}… {meta.size / 1e6:.1f} MB, {args.rounds} rounds, median")
     with path.open("rb") as file:
         sides: dict[str, dict[str, Callable[[], Sample]]] = {
@@ -66,7 +65,7 @@ def pick_image(store: ImageStore, image_id: str | None) -> ImageMeta | None:
     metas = [
         ImageMeta.from_json(json.loads(path.read_bytes())) for path in (store.root / "sha256").glob("*.json")
     ]
-    metas = [meta for meta in metas if store.image_path(meta.digest).is_file()]
+    metas = [meta for meta in metas if store.has(meta.digest)]
     return max(metas, key=lambda meta: meta.size, default=None)
 
 
@@ -120,16 +119,6 @@ def fsck(path: Path) -> Sample:
     start = time.perf_counter()
     subprocess.run(["fsck.erofs", "--extract", str(path)], check=True, capture_output=True)
     return 0, 0, time.perf_counter() - start
-
-
-@contextlib.contextmanager
-def mounted(image: Path) -> Iterator[Path]:
-    with tempfile.TemporaryDirectory(prefix="pe-bench-erofs-") as point:
-        subprocess.run(["mount", "-t", "erofs", "-o", "loop,ro", str(image), point], check=True)
-        try:
-            yield Path(point)
-        finally:
-            subprocess.run(["umount", point], check=True)
 
 
 def report(times: dict[tuple[str, str], list[float]], counts: dict[tuple[str, str], tuple[int, int]]) -> None:

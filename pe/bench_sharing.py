@@ -15,8 +15,8 @@ from itertools import combinations
 from pathlib import Path
 
 from catalog.entry import load_catalog
+from catalog.pack import mounted
 from catalog.store import ImageStore
-from pe.bench_erofs import mounted
 
 
 def content_sizes(root: Path) -> dict[str, int]:
@@ -47,8 +47,9 @@ def bench_sharing(args: argparse.Namespace) -> int:
             print(f"{image_id}: not built, left out")
             continue
         image_bytes += meta.size
-        with mounted(store.image_path(meta.digest)) as root:
-            per_image[image_id] = content_sizes(root)
+        location = store.locate(meta.digest)  # its own erofs file, or the pack holding it
+        with mounted(location.file) as root:
+            per_image[image_id] = content_sizes(root / location.root)
     total = sum(sum(sizes.values()) for sizes in per_image.values())
     distinct: dict[str, int] = {}
     owners: defaultdict[str, set[str]] = defaultdict(set)
@@ -57,7 +58,7 @@ def bench_sharing(args: argparse.Namespace) -> int:
         for content in sizes:
             owners[content].add(image_id)
     unique = sum(distinct.values())
-    print(f"images: {len(per_image)}, erofs files in the store: {image_bytes / 1e6:.1f} MB")
+    print(f"images: {len(per_image)}, their own erofs files: {image_bytes / 1e6:.1f} MB")
     print(
         f"file contents: {total / 1e6:.1f} MB in all, {unique / 1e6:.1f} MB distinct, "
         f"{(total - unique) / 1e6:.1f} MB shared ({100 * (total - unique) / total:.1f} % of all bytes)"

@@ -7,8 +7,12 @@ import asyncio
 import dataclasses
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from pe.settings import FIELD_HELP, Settings, env_name, load_settings
+
+if TYPE_CHECKING:
+    from catalog.store import ImageStore
 
 
 def add_settings_flags(parser: argparse.ArgumentParser) -> None:
@@ -48,15 +52,42 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_images_build(args: argparse.Namespace) -> int:
     from catalog.build import BuildError, build_all
     from catalog.entry import CatalogError
+    from catalog.pack import PackError
     from catalog.store import ImageStore
 
     settings = settings_from(args)
     store = ImageStore(settings.images_dir)
     try:
         build_all(args.ids or None, store, force=args.force, progress=lambda line: print(line, flush=True))
-    except (BuildError, CatalogError) as error:
+        if not args.ids:
+            return pack_images(store)
+    except (BuildError, CatalogError, PackError) as error:
         print(f"pe images build: {error}", file=sys.stderr)
         return 1
+    return 0
+
+
+def cmd_images_pack(args: argparse.Namespace) -> int:
+    from catalog.entry import CatalogError
+    from catalog.pack import PackError
+    from catalog.store import ImageStore
+
+    try:
+        return pack_images(ImageStore(settings_from(args).images_dir))
+    except (CatalogError, PackError) as error:
+        print(f"pe images pack: {error}", file=sys.stderr)
+        return 1
+
+
+def pack_images(store: ImageStore) -> int:
+    """Pack the current images of the catalogue (catalog/pack.py); it mounts images, so needs root."""
+    from catalog.entry import load_catalog
+    from catalog.pack import pack_current
+
+    if os.geteuid() != 0:
+        print("pack: skipped (mounting images needs root); images stay loose", flush=True)
+        return 0
+    pack_current(store, list(load_catalog()), progress=lambda line: print(line, flush=True))
     return 0
 
 
@@ -69,11 +100,18 @@ def cmd_images_gc(args: argparse.Namespace) -> int:
     except CatalogError as error:
         print(f"pe images gc: {error}", file=sys.stderr)
         return 1
-    removed = ImageStore(settings_from(args).images_dir).collect_garbage(ids, dry_run=args.dry_run)
+    garbage = ImageStore(settings_from(args).images_dir).collect_garbage(ids, dry_run=args.dry_run)
     verb = "would remove" if args.dry_run else "removed"
-    for meta in removed:
+    for meta in garbage.images:
         print(f"{verb} {meta.id or '?'} {meta.digest} ({meta.size / 1e6:.1f} MB)")
-    print(f"{verb} {len(removed)} images, {sum(meta.size for meta in removed) / 1e6:.1f} MB")
+    for meta in garbage.copies:
+        print(f"{verb} the loose copy of packed {meta.id or '?'} {meta.digest} ({meta.size / 1e6:.1f} MB)")
+    for pack in garbage.packs:
+        print(f"{verb} pack {pack.key} ({pack.size / 1e6:.1f} MB)")
+    print(
+        f"{verb} {len(garbage.images)} images, {len(garbage.copies)} loose copies, "
+        f"{len(garbage.packs)} packs: {garbage.bytes / 1e6:.1f} MB"
+    )
     return 0
 
 
@@ -101,6 +139,12 @@ def cmd_bench_erofs(args: argparse.Namespace) -> int:
     return bench_erofs(args)
 
 
+def cmd_bench_pack(args: argparse.Namespace) -> int:
+    from pe.bench_pack import bench_pack
+
+    return bench_pack(args)
+
+
 def cmd_bench_state(args: argparse.Namespace) -> int:
     from pe.bench_state import bench_state
 
@@ -121,18 +165,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="edge + in-process worker on one port")
     add_settings_flags(serve)
-    serve.add_argument("--redis", dest="setting_state", metavar="URL", help="same as --state URL")
     serve.set_defaults(handler=cmd_serve)
 
     images = commands.add_parser("images", help="build and manage catalogue images")
     image_commands = images.add_subparsers(dest="images_command", required=True)
-    build = image_commands.add_parser("build", help="build images (all when no ID is given)")
+    build = image_commands.add_parser(
+        "build", help="build images (all when no ID is given, then pack them: see `pe images pack`)"
+    )
     build.add_argument("ids", nargs="*", metavar="ID")
     build.add_argument("--force", action="store_true", help="rebuild even when up to date")
     add_settings_flags(build)
     build.set_defaults(handler=cmd_images_build)
+    pack = image_commands.add_parser(
+        "pack", help="put the current images in one pack, files they share stored once (needs root)"
+    )
+    add_settings_flags(pack)
+    pack.set_defaults(handler=cmd_images_pack)
     gc = image_commands.add_parser(
-        "gc", help="delete images that are not the current image of a catalogue id"
+        "gc",
+        help="delete images that are not the current image of a catalogue id, loose copies of packed "
+        "images and packs that serve none",
     )
     gc.add_argument("--dry-run", action="store_true", help="only list what would be deleted")
     add_settings_flags(gc)
@@ -194,6 +246,17 @@ def build_parser() -> argparse.ArgumentParser:
     bench_erofs.add_argument("--rounds", type=int, default=3, help="rounds per side (default 3)")
     add_settings_flags(bench_erofs)
     bench_erofs.set_defaults(handler=cmd_bench_erofs)
+    bench_pack = bench_commands.add_parser(
+        "pack", help="store bytes and build time of a pack; run latency from the pack vs a loose image"
+    )
+    bench_pack.add_argument("--image", default="python3", help="image whose runs are timed (default python3)")
+    bench_pack.add_argument(
+        "--command", default="python3 -c pass", help="what runs in it (default: python3 -c pass)"
+    )
+    bench_pack.add_argument("-n", "--runs", type=int, default=200, help="runs per side (default 200)")
+    bench_pack.add_argument("--warmup", type=int, default=10)
+    add_settings_flags(bench_pack)
+    bench_pack.set_defaults(handler=cmd_bench_pack)
     bench_state = bench_commands.add_parser(
         "state", help="cache hits and fresh runs with the Redis state vs the in-memory state"
     )

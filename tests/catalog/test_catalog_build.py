@@ -31,7 +31,7 @@ def test_busybox_build_reports_phases_and_records_them(
     busybox: tuple[ImageStore, ImageMeta, list[str]],
 ) -> None:
     store, meta, lines = busybox
-    assert meta.digest.startswith("sha256:") and meta.size == store.image_path(meta.digest).stat().st_size
+    assert meta.digest.startswith("sha256:") and meta.size == store.image_file(meta.digest).stat().st_size
     assert list(meta.phases) == ["rootfs", "normalise", "mkfs", "digest"]
     assert meta.packages.keys() == {"busybox-static"}
     for phase in meta.phases:
@@ -46,7 +46,7 @@ def test_busybox_image_mounts_read_only_and_runs_its_examples(
     busybox: tuple[ImageStore, ImageMeta, list[str]], tmp_path: Path
 ) -> None:
     store, meta, _ = busybox
-    with mounted(store.image_path(meta.digest), tmp_path / "mnt") as root:
+    with mounted(store.image_file(meta.digest), tmp_path / "mnt") as root:
         assert (root / "bin/busybox").is_file() and os.readlink(root / "bin/sh") == "/bin/busybox"
         for name, mode in {"work": 0o1777, "tmp": 0o1777, "proc": 0o555, "dev": 0o755, "sys": 0o555}.items():
             info = os.lstat(root / name)
@@ -77,10 +77,10 @@ def test_rebuild_is_skipped_when_the_input_key_is_unchanged(
 
 def test_forced_rebuild_gives_the_same_bytes(busybox: tuple[ImageStore, ImageMeta, list[str]]) -> None:
     store, meta, _ = busybox
-    before = store.image_path(meta.digest).read_bytes()
+    before = store.image_file(meta.digest).read_bytes()
     again = build_image(CATALOG["busybox"], store, force=True, progress=lambda line: None)
     assert again.digest == meta.digest and again.built_at > meta.built_at
-    assert store.image_path(again.digest).read_bytes() == before
+    assert store.image_file(again.digest).read_bytes() == before
 
 
 def test_input_key_is_canonical_and_covers_the_source() -> None:
@@ -121,7 +121,7 @@ def test_python3_builds_and_runs_its_examples_and_post_install_commands_run_chro
     meta = build_image(entry, store, progress=lambda line: None)
     assert "python3" in meta.packages and meta.size < 80e6 and meta.file_count > 3000
     assert "diffutils" not in meta.packages and "coreutils" in meta.packages, "listed after the hooks"
-    with mounted(store.image_path(meta.digest), tmp_path / "mnt") as root:
+    with mounted(store.image_file(meta.digest), tmp_path / "mnt") as root:
         assert (root / "pe-hook").read_text() == "from the hook in 12\n"
         assert not (root / "usr/bin/diff").exists() and (root / "usr/bin/ls").exists()
         assert not (root / "usr/bin/apt").exists() and not list((root / "var/log").iterdir())

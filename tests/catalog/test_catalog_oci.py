@@ -114,7 +114,7 @@ def test_image_is_built_with_its_layers_applied(
     assert any(line.endswith("srv/null: character device skipped") for line in lines)
     assert meta.source == entry.source and meta.packages == {}
 
-    with mounted(store.image_path(meta.digest), tmp_path / "mnt") as root:
+    with mounted(store.image_file(meta.digest), tmp_path / "mnt") as root:
         assert not (root / "etc/deleted").exists()
         assert (root / "etc/replaced").read_text() == "two\n"
         assert (root / "etc/replaced-link").read_text() == "one\n", (

@@ -68,9 +68,10 @@ class Image:
 
 
 def _store_image(image_id: str) -> Image | None:
+    """The store's current image of `image_id`, as its own erofs file (regenerated if it is packed)."""
     store = ImageStore(load_settings().images_dir)
     meta = store.current(image_id)
-    return None if meta is None else Image(image_id, meta.digest, store.image_path(meta.digest))
+    return None if meta is None else Image(image_id, meta.digest, store.image_file(meta.digest))
 
 
 def _busybox_image(tmp: Path) -> Image:
