@@ -9,6 +9,7 @@ import json
 import time
 import uuid
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,7 +18,7 @@ from api.errors import ApiError
 from api.ratelimit import MemoryBuckets
 from api.state import MemoryState, State
 from api.state.redis import RedisBuckets, RedisState, connect
-from pe.child import free_port
+from pe.child import free_port, start_redis
 from wire.result import RunOutput, Status
 from wire.spec import parse_spec
 from worker.runner import Job, error_output
@@ -299,6 +300,41 @@ def test_an_edge_whose_redis_is_down_answers_503_at_once() -> None:
         await closed(state)
 
     run(main())
+
+
+def test_waiters_get_a_503_when_redis_goes_away_and_the_edge_recovers_with_it(tmp_path: Path) -> None:
+    port = free_port()
+    server = start_redis(tmp_path, port)
+
+    async def main() -> None:
+        nonlocal server
+        state = RedisState(f"redis://127.0.0.1:{port}/0", **BOUNDS)
+        await started(state)
+        waiting = await state.submit(job("in flight"), client="x", use_cache=True)
+        server.terminate()
+        server.wait()
+        with pytest.raises(ApiError) as caught:
+            await asyncio.wait_for(waiting, 10)
+        assert (caught.value.status, caught.value.code) == (503, "state_unavailable")
+        server = start_redis(tmp_path, port)  # empty: what was queued is gone, as after any restart
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                waiting = await state.submit(job("after"), client="x", use_cache=True)
+                break
+            except ApiError:
+                assert time.monotonic() < deadline, "the edge did not recover"
+                await asyncio.sleep(0.2)
+        lease = await state.pull()
+        assert await state.complete(lease, output(lease.job, "back"))
+        assert (await waiting).stdout == b"back"
+        await closed(state)
+
+    try:
+        run(main())
+    finally:
+        server.terminate()
+        server.wait()
 
 
 def test_redis_buckets_count_for_every_edge_as_memory_buckets_do_for_one(redis_url: str) -> None:
