@@ -24,6 +24,7 @@ class Lease:
     job: Job
     token: str  # names this hand-out of the job; a job queued again is handed out with a new token
     seconds: float  # how long the lease lasts unless extended
+    attempt: int = 1  # how many times the job has been handed out, this time included
 
 
 class JobSource(Protocol):

@@ -21,11 +21,14 @@ from api.errors import ApiError
 from api.ratelimit import BucketStore
 from wire.result import RunOutput
 from worker.pull import Lease
-from worker.runner import Job
+from worker.runner import Job, error_output
 
 RETRY_AFTER_S = 2
 POLL_S = 0.5  # how often an idle worker looks for expired leases and missed announcements
 DEFAULT_CLIENT = "anonymous"  # the sub-queue of runs whose client is not known
+# Hand-outs of one job before it is given up: a job whose every worker dies or stalls (and so loses
+# the lease) must not take down one worker after another for ever.
+MAX_ATTEMPTS = 3
 
 
 def queue_full() -> ApiError:
@@ -123,14 +126,19 @@ class State(ABC):
             future.exception()  # reported to whoever waits; not worth a "never retrieved" warning
 
     async def pull(self) -> Lease:
-        """The next job, leased to the caller; waits until there is one."""
+        """The next job, leased to the caller; waits until there is one. A job already handed out
+        MAX_ATTEMPTS times is not handed out again: its waiters get an error output instead."""
         while True:
             self._work.clear()  # before looking, so that an announcement made meanwhile is not missed
             lease = await self._take()
-            if lease is not None:
+            if lease is None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._work.wait(), POLL_S)
+            elif lease.attempt > MAX_ATTEMPTS:
+                message = f"given up: {MAX_ATTEMPTS} workers took this run and none finished it in time"
+                await self.complete(lease, error_output(lease.job, message))
+            else:
                 return lease
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._work.wait(), POLL_S)
 
     def _announce_work(self) -> None:
         self._work.set()

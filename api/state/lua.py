@@ -53,9 +53,9 @@ return blob
 
 # ARGV: P, id, client, job JSON, queue bound, client bound, use_cache (1/0).
 # → {'done', output} | {'joined', ''} | {'full', ''} | {'client_full', ''} | {'queued', depth}
-# job:<id> (hash: job, client, token while leased) exists while the job is queued or leased: it is the
-# flight that identical requests join. q:<client> is the client's sub-queue; turns lists the clients with
-# waiting jobs in the order they are served; queued counts waiting jobs.
+# job:<id> (hash: job, client, attempts, token while leased) exists while the job is queued or
+# leased: it is the flight that identical requests join. q:<client> is the client's sub-queue; turns
+# lists the clients with waiting jobs in the order they are served; queued counts waiting jobs.
 SUBMIT = (
     _COMMON
     + """
@@ -79,7 +79,7 @@ return {'queued', tostring(queued + 1)}
 """
 )
 
-# ARGV: P, token, lease ms → {job JSON, depth} or nil.
+# ARGV: P, token, lease ms → {job JSON, depth, attempt} or nil.
 # First every job whose lease deadline (leases: sorted set id → deadline ms) has passed goes back to the
 # front list, earliest deadline first; the front is served before the clients' sub-queues, which are
 # served one job per turn.
@@ -107,7 +107,8 @@ end
 local depth = redis.call('DECR', P .. 'queued')
 redis.call('HSET', P .. 'job:' .. id, 'token', ARGV[2])
 redis.call('ZADD', P .. 'leases', now + tonumber(ARGV[3]), id)
-return {redis.call('HGET', P .. 'job:' .. id, 'job'), tostring(depth)}
+local attempt = redis.call('HINCRBY', P .. 'job:' .. id, 'attempts', 1)
+return {redis.call('HGET', P .. 'job:' .. id, 'job'), tostring(depth), tostring(attempt)}
 """
 )
 

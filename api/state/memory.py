@@ -40,6 +40,7 @@ class MemoryState(State):
         self._queues: dict[str, deque[str]] = {}  # client → its waiting job ids; present while not empty
         self._turns: deque[str] = deque()  # the clients with waiting jobs, in the order they are served
         self._leases: dict[str, _Held] = {}
+        self._attempts: dict[str, int] = {}  # hand-outs so far, of the jobs queued or leased
         self._depth = 0
 
     async def start(self) -> None:
@@ -87,7 +88,8 @@ class MemoryState(State):
         self._depth -= 1
         token = uuid.uuid4().hex
         self._leases[job_id] = _Held(token, time.monotonic() + self.lease_s)
-        return Lease(self._jobs[job_id], token, self.lease_s)
+        self._attempts[job_id] = self._attempts.get(job_id, 0) + 1
+        return Lease(self._jobs[job_id], token, self.lease_s, self._attempts[job_id])
 
     def _requeue_expired(self) -> None:
         now = time.monotonic()
@@ -112,6 +114,7 @@ class MemoryState(State):
             return False
         del self._leases[lease.job.id]
         del self._jobs[lease.job.id]
+        del self._attempts[lease.job.id]
         self.store.put(lease.job.id, output)
         self._deliver(lease.job.id, output)
         return True

@@ -146,9 +146,9 @@ class RedisState(State):
         reply = await self._script("take", token, round(self.lease_s * 1000))
         if reply is None:
             return None
-        job_json, depth = reply
+        job_json, depth, attempt = reply
         self._depth = int(depth)
-        return Lease(Job.from_json(json.loads(job_json)), token, self.lease_s)
+        return Lease(Job.from_json(json.loads(job_json)), token, self.lease_s, int(attempt))
 
     async def extend(self, lease: Lease) -> bool:
         return bool(await self._script("extend", lease.job.id, lease.token, round(self.lease_s * 1000)))

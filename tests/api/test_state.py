@@ -17,6 +17,7 @@ import pytest
 from api.errors import ApiError
 from api.ratelimit import MemoryBuckets
 from api.state import MemoryState, State
+from api.state.base import MAX_ATTEMPTS
 from api.state.redis import RedisBuckets, RedisState, connect
 from pe.child import free_port, start_redis
 from wire.result import RunOutput, Status
@@ -178,6 +179,25 @@ def test_an_expired_lease_goes_back_to_the_front_and_its_late_completion_is_drop
         stored = await state.stored(first.id)
         assert stored is not None and stored.stdout == b"good"
         assert (await state.pull()).job == second
+        await closed(state)
+
+    run(main())
+
+
+def test_a_job_whose_workers_all_lose_the_lease_is_given_up(make_state: MakeState) -> None:
+    async def main() -> None:
+        state = make_state(lease_s=0.2)
+        await started(state)
+        waiting = await state.submit(job("poison"), client="x", use_cache=True)
+        attempts = []
+        for _ in range(MAX_ATTEMPTS):
+            attempts.append((await state.pull()).attempt)
+            await asyncio.sleep(0.3)  # the worker died: no extension, no completion
+        assert attempts == [1, 2, 3]
+        assert await nothing_to_pull(state, within_s=0.5)  # the fourth hand-out answers instead
+        given_up = await waiting
+        assert given_up.result.status == Status.ERROR
+        assert "given up" in given_up.result.message
         await closed(state)
 
     run(main())
