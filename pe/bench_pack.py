@@ -7,7 +7,8 @@ from a pack are slower.
   afresh and thrown away (the store is not changed).
 - Run latency of one image, as the sandbox runner starts it (`primitive_command`, timed from a shell
   loop like `pe bench run`): its own erofs file mounted, against the pack mounted with the image's
-  directory in it as the root. The two sides alternate in rounds in the same process.
+  directory in it as the root. The two sides alternate in rounds in the same process, and which
+  one goes first alternates from round to round.
 """
 
 from __future__ import annotations
@@ -85,8 +86,8 @@ async def run_latency(store: ImageStore, meta: ImageMeta, argv: list[str], runs:
             switch.location = location
             commands[side] = await runner.primitive_command(meta.digest, argv)
             time_primitive(*commands[side], warmup)
-        for _ in range(ROUNDS):
-            for side in sides:
+        for round_number in range(ROUNDS):  # which side goes first alternates too
+            for side in sorted(sides, reverse=bool(round_number % 2)):
                 latencies[side] += time_primitive(*commands[side], max(1, runs // ROUNDS))
     finally:
         await runner.close()

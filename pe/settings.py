@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,14 @@ class Settings:
     tls_cert: str = ""
     tls_key: str = ""
     log_level: str = "info"
+    trusted_proxies: tuple[str, ...] = ()
+    forwarded_header: str = "x-forwarded-for"
+    rate_requests_per_s: float = 20.0
+    rate_requests_burst: int = 100
+    rate_runs_per_s: float = 1.0
+    rate_runs_burst: int = 20
+    rate_fresh_per_s: float = 0.1
+    rate_fresh_burst: int = 5
 
     @property
     def images_dir(self) -> Path:
@@ -66,6 +75,16 @@ class Settings:
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"PE_{name.upper()}: must be positive")
+        for cidr in self.trusted_proxies:
+            try:
+                ipaddress.ip_network(cidr)
+            except ValueError as error:
+                raise ValueError(f"PE_TRUSTED_PROXIES: {error}") from None
+        if self.forwarded_header not in ("x-forwarded-for", "forwarded"):
+            raise ValueError("PE_FORWARDED_HEADER: expected 'x-forwarded-for' or 'forwarded'")
+        for bucket in ("requests", "runs", "fresh"):
+            if getattr(self, f"rate_{bucket}_per_s") < 0 or getattr(self, f"rate_{bucket}_burst") < 1:
+                raise ValueError(f"PE_RATE_{bucket.upper()}_PER_S must be >= 0 (0: off), _BURST >= 1")
 
     @property
     def runner_default(self) -> str:
@@ -92,6 +111,14 @@ FIELD_HELP: dict[str, str] = {
     "tls_cert": "PEM certificate file; serves HTTPS (HTTP/2 by ALPN) when given with tls_key",
     "tls_key": "PEM private key file for tls_cert",
     "log_level": "debug, info, warning or error",
+    "trusted_proxies": "proxy networks (comma-separated CIDRs) whose forwarding header names the client",
+    "forwarded_header": "the header trusted proxies name the client in: x-forwarded-for or forwarded",
+    "rate_requests_per_s": "run and result requests per second per client (0: no limit)",
+    "rate_requests_burst": "run and result requests a client may make at once",
+    "rate_runs_per_s": "runs not answered from the cache per second per client (0: no limit)",
+    "rate_runs_burst": "runs not answered from the cache a client may start at once",
+    "rate_fresh_per_s": 'fresh runs ("cache": false) per second per client (0: no limit)',
+    "rate_fresh_burst": "fresh runs a client may start at once",
 }
 
 

@@ -212,3 +212,23 @@ def test_the_download_route_serves_a_packed_image_as_its_own_file(tmp_path: Path
         served.stop()
     assert whole.status_code == 200 and "sha256:" + hashlib.sha256(whole.content).hexdigest() == b.digest
     assert part.status_code == 206 and part.content == store.image_path(a.digest).read_bytes()[1024:2048]
+
+
+def test_pe_images_pack_packs_the_catalogues_current_images(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from pe.cli import main
+
+    store = ImageStore(tmp_path / "images")
+    first = make_image(store, "busybox", {"etc/x": b"x\n"})  # catalogue ids, made here
+    second = make_image(store, "sqlite3", {"etc/y": b"y\n"})
+    assert main(["images", "pack", "--cache-dir", str(tmp_path)]) == 0
+    assert "pack: built" in capsys.readouterr().out
+    assert store.locate(first.digest).root and store.locate(second.digest).root
+    store.image_file(first.digest)
+    assert main(["images", "pack", "--cache-dir", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.startswith("pack: up to date")
+    assert main(["images", "gc", "--cache-dir", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        f"removed 0 images, 1 loose copies, 0 packs: {first.size / 1e6:.1f} MB"
+    )
