@@ -11,10 +11,12 @@ from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Route
 from starlette.types import Lifespan
 
+from api.clients import TrustedProxies, client_key
 from api.errors import EXCEPTION_HANDLERS, ApiError
 from api.images import ImageResolver
 from api.jobs import Dispatcher
 from api.metrics import Metrics
+from api.ratelimit import BucketStore, MemoryBuckets, RateLimits, quota_headers
 from catalog.options import expand_command, option_values
 from pe.settings import Settings
 from wire.result import RunOutput, output_to_json, pack_output
@@ -26,6 +28,9 @@ JSON = "application/json"
 CPIO_MAGIC = b"070701"
 # curl --data-binary sends this when no Content-Type is given; the body says what it is.
 UNLABELLED = ("", "application/x-www-form-urlencoded")
+# A run id names exactly what ran (image digest, argv, files, limits…): its stored answer may be kept
+# by any cache for as long as it likes (docs/edge.md, "Caching").
+IMMUTABLE = "public, max-age=31536000, immutable"
 
 
 @dataclasses.dataclass
@@ -36,6 +41,14 @@ class Edge:
     images: ImageResolver
     dispatcher: Dispatcher
     metrics: Metrics
+    buckets: BucketStore = dataclasses.field(default_factory=MemoryBuckets)
+    # Read from the settings once, not per request:
+    proxies: TrustedProxies = dataclasses.field(init=False)
+    limits: RateLimits = dataclasses.field(init=False)
+
+    def __post_init__(self) -> None:
+        self.proxies = TrustedProxies.parse(self.settings.trusted_proxies, self.settings.forwarded_header)
+        self.limits = RateLimits(self.buckets, self.settings)
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -107,21 +120,53 @@ def with_cached_flag(output: RunOutput, cached: bool) -> RunOutput:
 
 
 async def run(request: Request) -> Response:
+    """Every request takes a token from the client's "requests" bucket; one the cache cannot answer
+    also takes from "runs", and a fresh one first from "fresh" (docs/edge.md, "Rate limits")."""
     edge: Edge = request.app.state.edge
+    client = client_key(request, edge.proxies)
+    quota = await edge.limits.charge(client, edge.limits.requests)
     body = await read_body(request, edge.settings.max_body_bytes)
     spec = parse_run_request(request.headers.get("content-type", ""), body)
     job = make_job(edge, spec)
-    output, cached = await edge.dispatcher.run(job, use_cache=spec.cache)
-    return output_response(request, with_cached_flag(output, cached), {"ETag": f'"{job.id}"'})
+    output = await edge.dispatcher.stored(job.id) if spec.cache else None
+    if output is not None:
+        edge.metrics.cache_hits.inc()
+        cached = True
+    else:
+        if not spec.cache:
+            quota = await edge.limits.charge(client, edge.limits.fresh, quota)
+        quota = await edge.limits.charge(client, edge.limits.runs, quota)
+        output, cached = await edge.dispatcher.run(job, use_cache=spec.cache, client=client)
+    headers = {
+        "ETag": f'"{job.id}"',
+        "Content-Location": f"/api/v1/runs/{job.id}",
+        "Cache-Control": "no-store",  # the answer lives at Content-Location; a POST is not a cache entry
+        **quota_headers(quota),
+    }
+    return output_response(request, with_cached_flag(output, cached), headers)
 
 
 async def get_run(request: Request) -> Response:
     edge: Edge = request.app.state.edge
+    quota = await edge.limits.charge(client_key(request, edge.proxies), edge.limits.requests)
     run_id = request.path_params["run_id"]
-    output = edge.dispatcher.store.get(run_id)
+    output = await edge.dispatcher.stored(run_id)
     if output is None:
         raise ApiError(404, "unknown_run", f"no stored run {run_id!r} (it may have been evicted)")
-    return output_response(request, with_cached_flag(output, True), {"ETag": f'"{run_id}"'})
+    etag = f'"{run_id}"'
+    # The body is JSON or cpio by Accept, so a cache keys it by Accept too.
+    headers = {"ETag": etag, "Cache-Control": IMMUTABLE, "Vary": "Accept", **quota_headers(quota)}
+    if etag_matches(request.headers.get("if-none-match", ""), etag):
+        return Response(status_code=304, headers=headers)
+    return output_response(request, with_cached_flag(output, True), headers)
+
+
+def etag_matches(if_none_match: str, etag: str) -> bool:
+    """Whether an `If-None-Match` value (`*` or a list of entity tags) matches `etag`, weakly compared:
+    `W/"x"` matches `"x"` (RFC 9110 13.1.2)."""
+    if if_none_match.strip() == "*":
+        return True
+    return any(tag.strip().removeprefix("W/") == etag for tag in if_none_match.split(","))
 
 
 async def catalog(request: Request) -> Response:

@@ -27,7 +27,7 @@ import urllib.parse
 from pathlib import Path
 
 from catalog.store import ImageStore
-from pe.child import start_serve
+from pe.child import NO_RATE_LIMITS, start_serve
 from pe.settings import Settings
 
 ROUNDS = 10
@@ -85,7 +85,12 @@ async def measure(
     edge: list[float] = []
     with tempfile.TemporaryDirectory() as scratch:
         served = start_serve(
-            Path(scratch) / "serve.log", "--cache-dir", str(settings.cache_dir), "--slots", "1"
+            Path(scratch) / "serve.log",
+            "--cache-dir",
+            str(settings.cache_dir),
+            "--slots",
+            "1",
+            *NO_RATE_LIMITS,
         )
         try:
             bundle, command = await runner.primitive_command(meta.digest, ["/bin/true"])

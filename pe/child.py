@@ -13,6 +13,8 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
+# Flags that turn the per-client rate limits off, for a benchmark or a test suite that is one client.
+NO_RATE_LIMITS = ("--rate-requests-per-s", "0", "--rate-runs-per-s", "0", "--rate-fresh-per-s", "0")
 
 
 def free_port() -> int:
