@@ -115,8 +115,8 @@ class ImageStore:
         self.root = Path(root)
         # image id -> (identity of its by-id file, its metadata): `current` is on every run's path.
         self._current: dict[str, tuple[tuple[int, int, int], ImageMeta]] = {}
-        # The packs' metadata, read again when the packs directory changes.
-        self._packs: tuple[tuple[int, int], dict[str, PackMeta]] | None = None
+        # The packs' metadata, read again when the set of packs changes.
+        self._packs: tuple[tuple[str, ...], dict[str, PackMeta]] | None = None
 
     def image_path(self, digest: str) -> Path:
         """Where the image with this digest lives (whether or not it exists). ValueError for a bad digest."""
@@ -164,18 +164,19 @@ class ImageStore:
         """The packs in the store (key -> metadata), those whose erofs file is there."""
         folder = self.root / "packs"
         try:
-            stat = folder.stat()
+            # A pack's .json is written after its .erofs and deleted before it, so the names of the
+            # .json files say which packs there are (a directory's mtime is too coarse for that).
+            names = tuple(sorted(name for name in os.listdir(folder) if name.endswith(".json")))
         except FileNotFoundError:
             return {}
-        identity = (stat.st_ino, stat.st_mtime_ns)  # adding or removing a pack changes the directory
-        if self._packs is None or self._packs[0] != identity:
+        if self._packs is None or self._packs[0] != names:
             found = {}
-            for path in folder.glob("*.json"):
+            for name in names:
                 with contextlib.suppress(FileNotFoundError):
-                    meta = PackMeta.from_json(json.loads(path.read_bytes()))
+                    meta = PackMeta.from_json(json.loads((folder / name).read_bytes()))
                     if self.pack_path(meta.key).is_file():
                         found[meta.key] = meta
-            self._packs = identity, found
+            self._packs = names, found
         return self._packs[1]
 
     def packed(self) -> dict[str, PackMeta]:
