@@ -69,8 +69,8 @@ def pack_current(store: ImageStore, ids: Sequence[str], progress: Progress = pri
         for old in superseded:
             store.remove_pack(old)
         freed = sum(meta.size for meta in dropped) + sum(old.size for old in superseded)
-        progress(f"pack: removed {len(dropped)} loose images and {len(superseded)} old packs, "
-                 f"{freed / 1e6:.1f} MB")  # fmt: skip
+        removed = f"{len(dropped)} loose images and {len(superseded)} old packs"
+        progress(f"pack: removed {removed}, {freed / 1e6:.1f} MB")
         return pack
 
 
@@ -116,13 +116,14 @@ def make_pack(
             unverified=failures,
             phases=phases.seconds,
         )
-        if publish:
+        if publish and pack.members:  # a pack that serves nothing is not kept
             store.add_pack(output, pack)
     finally:
         remove_tree(work)
-    loose = sum(meta.size for meta in metas)
-    progress(f"pack: built {key[:12]} ({pack.size / 1e6:.1f} MB for {len(pack.members)} images "
-             f"of {loose / 1e6:.1f} MB)")  # fmt: skip
+    loose = sum(meta.size for meta in metas) / 1e6
+    progress(
+        f"pack: built {key[:12]} ({pack.size / 1e6:.1f} MB for {len(pack.members)} images of {loose:.1f} MB)"
+    )
     return pack
 
 
@@ -175,7 +176,9 @@ class _Member:
     inodes: list[_Inode]
 
 
-def _mount_members(store: ImageStore, metas: Sequence[ImageMeta], mounts: contextlib.ExitStack) -> dict:
+def _mount_members(
+    store: ImageStore, metas: Sequence[ImageMeta], mounts: contextlib.ExitStack
+) -> dict[str, Path]:
     """digest -> the member's root on a read-only mount (each erofs file, loose or pack, mounted once)."""
     points: dict[Path, Path] = {}
     roots = {}
