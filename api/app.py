@@ -195,9 +195,12 @@ async def image_file(request: Request) -> Response:
     digest = request.path_params["digest"]
     if not digest.startswith("sha256:"):
         digest = "sha256:" + digest
+    store = edge.images.store
     try:
-        path = await run_in_threadpool(edge.images.store.image_file, digest)
-    except ValueError:  # the store's own digest rule
+        path = store.image_path(digest)  # the store's own digest rule
+        if not path.is_file():  # packed (or absent): regenerating takes seconds, off the loop
+            path = await run_in_threadpool(store.image_file, digest)
+    except ValueError:
         raise ApiError(
             400, "bad_digest", "an image digest is sha256:<64 lowercase hex digits>, or the hex"
         ) from None
