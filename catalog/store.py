@@ -123,15 +123,16 @@ class ImageStore:
         return self.root / "sha256" / f"{_hex(digest)}.erofs"
 
     def locate(self, digest: str) -> ImageLocation:
-        """Where a runner finds the image (worker.runner.ImageLocator): its loose erofs file if there
-        is one, else the pack holding it; LookupError if it is not here."""
+        """Where a runner finds the image (worker.runner.ImageLocator): the pack holding it if there is
+        one (so runs of every packed image share one mount and its page cache, even after a download
+        regenerated the image's own file), else its loose erofs file; LookupError if it is not here."""
+        pack = self.packed().get(digest)
+        if pack is not None:
+            return ImageLocation(self.pack_path(pack.key), pack.members[digest].root)
         path = self.image_path(digest)
         if path.is_file():
             return ImageLocation(path)
-        pack = self.packed().get(digest)
-        if pack is None:
-            raise LookupError(f"image {digest} is not in the store at {self.root}")
-        return ImageLocation(self.pack_path(pack.key), pack.members[digest].root)
+        raise LookupError(f"image {digest} is not in the store at {self.root}")
 
     def image_file(self, digest: str) -> Path:
         """The image's own erofs file (for downloads and tools that read it whole): the loose file,
@@ -188,7 +189,7 @@ class ImageStore:
 
     def add_pack(self, pack_file: Path, meta: PackMeta) -> None:
         """Move a finished pack (on the store's filesystem) in; its images are served from it from
-        now on unless they have a loose file (see `drop_copies`)."""
+        now on (their loose files become copies: see `drop_copies`)."""
         _publish(pack_file, self.pack_path(meta.key))
         atomic_write(self.pack_path(meta.key).with_suffix(".json"), _document(meta.to_json()))
 

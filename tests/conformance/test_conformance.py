@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from catalog.store import ImageStore
+from catalog.store import ImageLocation, ImageStore
 from pe.settings import load_settings
 from tests.support.images import FixedImages
 from wire.result import RunOutput, Status
@@ -64,14 +64,14 @@ RUNNERS = {"sandbox": RunnerKind(_sandbox_runner, _sandbox_missing, host_visible
 class Image:
     id: str
     digest: str
-    path: Path
+    location: ImageLocation
 
 
 def _store_image(image_id: str) -> Image | None:
-    """The store's current image of `image_id`, as its own erofs file (regenerated if it is packed)."""
+    """The store's current image of `image_id`, where the service would run it (loose, or in a pack)."""
     store = ImageStore(load_settings().images_dir)
     meta = store.current(image_id)
-    return None if meta is None else Image(image_id, meta.digest, store.image_file(meta.digest))
+    return None if meta is None else Image(image_id, meta.digest, store.locate(meta.digest))
 
 
 def _busybox_image(tmp: Path) -> Image:
@@ -92,7 +92,7 @@ def _busybox_image(tmp: Path) -> Image:
             (root / "bin" / applet).symlink_to("busybox")
     image = tmp / "busybox.erofs"
     subprocess.run(["mkfs.erofs", "--quiet", "--all-root", str(image), str(root)], check=True)
-    return Image("busybox", "sha256:" + hashlib.sha256(image.read_bytes()).hexdigest(), image)
+    return Image("busybox", "sha256:" + hashlib.sha256(image.read_bytes()).hexdigest(), ImageLocation(image))
 
 
 class Harness:
@@ -139,7 +139,7 @@ def runner(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     python = _store_image("python3")
     if python is not None:
         images["python3"] = python
-    locator = FixedImages({image.digest: image.path for image in images.values()})
+    locator = FixedImages({image.digest: image.location for image in images.values()})
     harness = Harness(request.param, kind, kind.factory(locator), images)
     yield harness
     harness.close()

@@ -1,4 +1,4 @@
-"""An image locator over files made by a test (runners normally find images in the ImageStore)."""
+"""An image locator over images a test chose (runners normally find images in the ImageStore)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,14 @@ from catalog.store import ImageLocation
 
 
 class FixedImages:
-    def __init__(self, files: dict[str, Path] | None = None) -> None:
-        self.files = dict(files or {})  # digest -> erofs file
+    def __init__(self, images: dict[str, Path | ImageLocation] | None = None) -> None:
+        """`images` maps a digest to its erofs file, or to its location in a pack."""
+        self.images = {
+            digest: where if isinstance(where, ImageLocation) else ImageLocation(where)
+            for digest, where in (images or {}).items()
+        }
 
     def locate(self, digest: str) -> ImageLocation:
-        if digest not in self.files:
+        if digest not in self.images:
             raise LookupError(f"image {digest} is not among the test's images")
-        return ImageLocation(self.files[digest])
+        return self.images[digest]
