@@ -59,11 +59,14 @@ def cmd_images_build(args: argparse.Namespace) -> int:
     store = ImageStore(settings.images_dir)
     try:
         build_all(args.ids or None, store, force=args.force, progress=lambda line: print(line, flush=True))
-        if not args.ids:
-            return pack_images(store)
-    except (BuildError, CatalogError, PackError) as error:
+    except (BuildError, CatalogError) as error:
         print(f"pe images build: {error}", file=sys.stderr)
         return 1
+    if not args.ids:
+        try:
+            pack_images(store)
+        except PackError as error:  # the images are built and run loose: serving can go on
+            print(f"pe images build: packing failed, images stay loose: {error}", file=sys.stderr)
     return 0
 
 
@@ -165,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="edge + in-process worker on one port")
     add_settings_flags(serve)
+    serve.add_argument("--redis", dest="setting_state", metavar="URL", help="same as --state URL")
     serve.set_defaults(handler=cmd_serve)
 
     images = commands.add_parser("images", help="build and manage catalogue images")
