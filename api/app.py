@@ -44,11 +44,11 @@ class Edge:
     buckets: BucketStore = dataclasses.field(default_factory=MemoryBuckets)
     # Read from the settings once, not per request:
     proxies: TrustedProxies = dataclasses.field(init=False)
-    limits: RateLimits = dataclasses.field(init=False)
+    rate_limits: RateLimits = dataclasses.field(init=False)
 
     def __post_init__(self) -> None:
         self.proxies = TrustedProxies.parse(self.settings.trusted_proxies, self.settings.forwarded_header)
-        self.limits = RateLimits(self.buckets, self.settings)
+        self.rate_limits = RateLimits(self.buckets, self.settings)
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -124,7 +124,7 @@ async def run(request: Request) -> Response:
     also takes from "runs", and a fresh one first from "fresh" (docs/edge.md, "Rate limits")."""
     edge: Edge = request.app.state.edge
     client = client_key(request, edge.proxies)
-    quota = await edge.limits.charge(client, edge.limits.requests)
+    quota = await edge.rate_limits.charge(client, edge.rate_limits.requests)
     body = await read_body(request, edge.settings.max_body_bytes)
     spec = parse_run_request(request.headers.get("content-type", ""), body)
     job = make_job(edge, spec)
@@ -134,8 +134,8 @@ async def run(request: Request) -> Response:
         cached = True
     else:
         if not spec.cache:
-            quota = await edge.limits.charge(client, edge.limits.fresh, quota)
-        quota = await edge.limits.charge(client, edge.limits.runs, quota)
+            quota = await edge.rate_limits.charge(client, edge.rate_limits.fresh, quota)
+        quota = await edge.rate_limits.charge(client, edge.rate_limits.runs, quota)
         output, cached = await edge.dispatcher.run(job, use_cache=spec.cache, client=client)
     headers = {
         "ETag": f'"{job.id}"',
@@ -148,7 +148,7 @@ async def run(request: Request) -> Response:
 
 async def get_run(request: Request) -> Response:
     edge: Edge = request.app.state.edge
-    quota = await edge.limits.charge(client_key(request, edge.proxies), edge.limits.requests)
+    quota = await edge.rate_limits.charge(client_key(request, edge.proxies), edge.rate_limits.requests)
     run_id = request.path_params["run_id"]
     output = await edge.dispatcher.stored(run_id)
     if output is None:
