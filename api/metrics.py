@@ -60,6 +60,8 @@ class Metrics:
         self.executions = Counter("pe_executions_total", "Runs executed by a worker", ("runner", "status"))
         self.requests = Counter("pe_requests_total", "HTTP requests answered", ("route", "status"))
         self.cache_hits = Counter("pe_cache_hits_total", "Runs answered from the result cache")
+        self.goaways = Counter("pe_goaway_sent_total", "HTTP/2 GOAWAY frames sent", ("reason",))
+        self.streams_refused = Counter("pe_streams_refused_total", "HTTP/2 streams reset with REFUSED_STREAM")
         self.gauges: list[Gauge] = []
 
     def gauge(self, name: str, help_text: str, read: Callable[[], float]) -> None:
@@ -67,6 +69,7 @@ class Metrics:
 
     def render(self) -> str:
         lines: list[str] = []
-        for metric in (self.executions, self.requests, self.cache_hits, *self.gauges):
+        counters = (self.executions, self.requests, self.cache_hits, self.goaways, self.streams_refused)
+        for metric in (*counters, *self.gauges):
             lines.extend(metric.render())
         return "\n".join(lines) + "\n"

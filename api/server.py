@@ -8,14 +8,14 @@ import logging
 import signal
 from collections.abc import AsyncIterator
 
-from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.config import Config
 from starlette.applications import Starlette
 
-from api import h2
 from api.app import Edge, create_app
+from api.connections import ConnectionManager
 from api.images import ImageResolver
 from api.jobs import Dispatcher
+from api.listener import Listener
 from api.metrics import Metrics
 from api.state import make_state
 from catalog.entry import load_catalog
@@ -100,7 +100,6 @@ def hypercorn_config(settings: Settings) -> Config:
     config = Config()
     config.bind = [f"{settings.host}:{settings.port}"]
     config.h2_max_concurrent_streams = settings.max_streams
-    config.keep_alive_timeout = settings.idle_timeout_s
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
     if settings.tls_cert:
@@ -111,13 +110,14 @@ def hypercorn_config(settings: Settings) -> Config:
 
 
 async def serve(settings: Settings) -> None:
-    """Serve until SIGINT or SIGTERM; the lifespan then stops the worker and its runners."""
-    h2.install()
+    """Serve until SIGINT or SIGTERM; then drain connections for up to `grace_s` (api/listener.py),
+    and the lifespan stops the worker and its runners."""
     app = make_app(settings)
+    manager = ConnectionManager(settings.max_connections, settings.idle_timeout_s, app.state.edge.metrics)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     scheme = "https" if settings.tls_cert else "http"
     log.info("serving on %s://%s:%d (HTTP/1.1 and HTTP/2)", scheme, settings.host, settings.port)
-    await hypercorn_serve(app, hypercorn_config(settings), shutdown_trigger=stop.wait)
+    await Listener(app, hypercorn_config(settings), manager, settings.grace_s).serve(stop)

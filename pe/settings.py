@@ -29,6 +29,7 @@ class Settings:
     max_connections: int = 1000
     idle_timeout_s: float = 60.0
     max_streams: int = 100
+    grace_s: float = 20.0
     gist_api_url: str = "https://api.github.com"
     cache_dir: Path = field(default_factory=_default_cache_dir)
     slots: int = field(default_factory=lambda: os.cpu_count() or 1)
@@ -100,6 +101,7 @@ FIELD_HELP: dict[str, str] = {
     "max_connections": "most client connections kept open at once",
     "idle_timeout_s": "seconds an idle connection is kept before GOAWAY and close",
     "max_streams": "most concurrent HTTP/2 streams per connection",
+    "grace_s": "seconds a stopping edge (SIGTERM) gives accepted requests to be answered",
     "gist_api_url": "base URL of the GitHub-shaped gist API",
     "cache_dir": "folder for images, mounts and build caches",
     "slots": "runs executed at once by the in-process worker",

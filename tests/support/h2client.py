@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import socket
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import h2.config
@@ -28,6 +30,7 @@ class H2Client:
         self.authority = f"{host}:{port}"
         self.streams: dict[int, StreamResult] = {}
         self.goaway: h2.events.ConnectionTerminated | None = None
+        self.eof = False  # the server closed the connection
         self._flush()
 
     def _flush(self) -> None:
@@ -64,25 +67,50 @@ class H2Client:
         self._flush()
         return stream_id
 
-    def send_data(self, stream_id: int, data: bytes) -> None:
-        """More body on an open stream (as much as flow control allows), as an uploading client does."""
+    def send_data(self, stream_id: int, data: bytes, end: bool = False) -> None:
+        """More body on an open stream (as much as flow control allows), as an uploading client does;
+        with `end`, the body ends here if all of `data` could be sent."""
         size = min(
             len(data), self.conn.local_flow_control_window(stream_id), self.conn.max_outbound_frame_size
         )
-        self.conn.send_data(stream_id, data[:size])
+        self.conn.send_data(stream_id, data[:size], end_stream=end and size == len(data))
         self._flush()
+
+    def send_raw(self, data: bytes) -> None:
+        """Bytes straight to the socket, past the h2 state machine (for malformed or abusive frames)."""
+        self.sock.sendall(data)
 
     def wait(self, stream_id: int) -> StreamResult:
         """Read frames until the stream has ended or was reset (or the connection closed)."""
         result = self.streams[stream_id]
-        while not (result.ended or result.reset is not None):
-            data = self.sock.recv(65536)
+        self.read_until(lambda: result.ended or result.reset is not None)
+        return result
+
+    def read_until(self, done: Callable[[], bool], timeout: float = 10) -> bool:
+        """Read frames until `done()` or the server closes the connection; whether `done()` came true."""
+        deadline = time.monotonic() + timeout
+        while not done() and not self.eof:
+            self.sock.settimeout(max(0.01, deadline - time.monotonic()))
+            try:
+                data = self.sock.recv(65536)
+            except ConnectionResetError:
+                data = b""
             if not data:
+                self.eof = True
                 break
             for event in self.conn.receive_data(data):
                 self._handle(event)
-            self._flush()
-        return result
+            if self.goaway is None:  # h2 refuses to send after a GOAWAY: acknowledgements stop there
+                self._flush()
+        return done()
+
+    def wait_closed(self, timeout: float = 10) -> bool:
+        """Read until the server closes the connection; whether it did within `timeout`."""
+        try:
+            self.read_until(lambda: False, timeout)
+        except TimeoutError:
+            return False
+        return self.eof
 
     def _handle(self, event: h2.events.Event) -> None:
         stream = self.streams.get(getattr(event, "stream_id", 0) or 0)
