@@ -59,7 +59,7 @@ class Connection:
         self.idle_since = self.opened_at
         self.streams = 0
         self.allowance: int | None = None if counted else 1  # new streams it may still take
-        self.reason: str | None = None  # why it drains or closes (the GOAWAY metric's label)
+        self.reason: str | None = None if counted else "overflow"  # why it goes (the GOAWAY label)
         self.closing = False
         self.closed = asyncio.Event()
         self.protocol: StreamProtocol | None = None
@@ -149,12 +149,14 @@ class ConnectionManager:
         self.metrics = metrics
         self.connections: dict[Connection, None] = {}  # every socket, oldest first
         self.open = 0  # counted connections that are not closing: what the limit bounds
+        self.open_max = 0  # the most `open` has been since start
         self.idle: OrderedDict[Connection, None] = OrderedDict()  # counted and idle, longest idle first
         self.waiting = 0
         self._numbers = itertools.count(1)
         self._change = asyncio.Event()  # set, then replaced, whenever a slot may have come free
         self._sweeper: asyncio.Task | None = None
         metrics.gauge("pe_connections_open", "Client connections held open", lambda: self.open)
+        metrics.gauge("pe_connections_open_max", "Most connections held open at once", lambda: self.open_max)
         metrics.gauge("pe_connections_idle", "Open connections with no stream", lambda: len(self.idle))
         metrics.gauge(
             "pe_connections_busy", "Open connections with streams", lambda: self.open - len(self.idle)
@@ -186,6 +188,7 @@ class ConnectionManager:
         self.connections[conn] = None
         if counted:
             self.open += 1
+            self.open_max = max(self.open_max, self.open)
             self.idle[conn] = None
         return conn
 

@@ -40,12 +40,16 @@ def default_edge_url() -> str:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    """`pe serve`, and `pe edge`: the same edge without the in-process worker."""
     from api.server import serve
     from pe.logs import setup_logging
 
     settings = settings_from(args)
     setup_logging(settings.log_level)
-    asyncio.run(serve(settings))
+    with_worker = args.command == "serve"
+    if not with_worker and not settings.worker_token:
+        sys.exit("pe edge: set PE_WORKER_TOKEN (or --worker-token): its workers authenticate with it")
+    asyncio.run(serve(settings, with_worker=with_worker))
     return 0
 
 
@@ -160,6 +164,12 @@ def cmd_bench_build(args: argparse.Namespace) -> int:
     return bench_build(args)
 
 
+def cmd_bench_h2(args: argparse.Namespace) -> int:
+    from pe.bench_h2 import bench_h2
+
+    return bench_h2(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pe", description="Program Explorer: run programs in catalogue images"
@@ -170,6 +180,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_settings_flags(serve)
     serve.add_argument("--redis", dest="setting_state", metavar="URL", help="same as --state URL")
     serve.set_defaults(handler=cmd_serve)
+
+    edge = commands.add_parser(
+        "edge", help="the edge alone: runs go to `pe worker` processes (docs/workers.md)"
+    )
+    add_settings_flags(edge)
+    edge.add_argument("--redis", dest="setting_state", metavar="URL", help="same as --state URL")
+    edge.set_defaults(handler=cmd_serve)
 
     images = commands.add_parser("images", help="build and manage catalogue images")
     image_commands = images.add_subparsers(dest="images_command", required=True)
@@ -274,6 +291,31 @@ def build_parser() -> argparse.ArgumentParser:
     sharing.add_argument("--top", type=int, default=8, help="image pairs to list (default 8)")
     add_settings_flags(sharing)
     sharing.set_defaults(handler=cmd_bench_sharing)
+    bench_h2 = bench_commands.add_parser(
+        "h2", help="HTTP/2 at the edge: cache-hit throughput vs a hello app, idle memory, retire time"
+    )
+    bench_h2.add_argument(
+        "parts", nargs="*", choices=["throughput", "memory", "retire"], help="what to measure (default: all)"
+    )
+    bench_h2.add_argument("-n", "--requests", type=int, default=20000, help="h2load requests a round")
+    bench_h2.add_argument("-c", "--clients", type=int, default=8, help="h2load clients (default 8)")
+    bench_h2.add_argument(
+        "-m", "--streams", type=int, default=10, help="h2load streams a client (default 10)"
+    )
+    bench_h2.add_argument("--rounds", type=int, default=3, help="throughput rounds a side (default 3)")
+    bench_h2.add_argument("--image", default="busybox", help="image of the cached run (default busybox)")
+    bench_h2.add_argument(
+        "--idle",
+        type=int,
+        nargs="+",
+        default=[1000, 10000],
+        help="idle connection counts",
+    )
+    bench_h2.add_argument(
+        "--limit", type=int, default=1000, help="connection limit for retire (default 1000)"
+    )
+    bench_h2.add_argument("--samples", type=int, default=300, help="new connections for retire")
+    bench_h2.set_defaults(handler=cmd_bench_h2)
     return parser
 
 

@@ -8,8 +8,10 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import socket
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -290,3 +292,26 @@ def test_sigterm_answers_every_accepted_stream_then_goaway_and_exit_0(tmp_path: 
         assert "Traceback" not in served.log.read_text()
     finally:
         served.stop()
+
+
+@pytest.mark.skipif(shutil.which("h2load") is None, reason="h2load (nghttp2-client) is not installed")
+def test_h2load_with_ten_times_the_limit_in_clients(edge: ServeProcess) -> None:
+    """h2load (1.52) retries nothing over HTTP/2: a request it could not get answered counts as
+    "errored" (REFUSED_STREAM, or not sent after GOAWAY, both safe to retry), an answered one as 2xx
+    or 503. None may hang, and the edge never holds more than its limit."""
+    refused_before = metric(edge, "pe_streams_refused_total")
+    run = subprocess.run(
+        ["h2load", "-n", "2000", "-c", str(10 * LIMIT), "-m", "4", edge.url + "/healthz"],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    counts = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, "
+                       r"(\d+) errored, (\d+) timeout", run.stdout)  # fmt: skip
+    statuses = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", run.stdout)
+    assert counts and statuses, run.stdout
+    total, _, _, succeeded, failed, errored, timeout = map(int, counts.groups())
+    ok, _, client_errors, server_errors = map(int, statuses.groups())
+    assert timeout == 0 and client_errors == 0
+    assert succeeded == ok > 0 and succeeded + failed == total
+    assert failed == errored + server_errors  # 5xx here are the 503s of connections with no slot
+    assert metric(edge, "pe_connections_open_max") <= LIMIT
+    assert metric(edge, "pe_streams_refused_total") > refused_before
