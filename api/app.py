@@ -245,11 +245,14 @@ def counted(route: str, endpoint: Endpoint) -> Endpoint:
 
 
 def create_app(edge: Edge, lifespan: Lifespan[Starlette] | None = None) -> Starlette:
+    from api.work import work_routes  # it builds on this module's helpers
+
     routes = [
         Route("/api/v1/run", counted("run", run), methods=["POST"]),
         Route("/api/v1/runs/{run_id}", counted("runs", get_run), methods=["GET"]),
         Route("/api/v1/catalog", counted("catalog", catalog), methods=["GET"]),
         Route("/api/v1/images/{digest}.erofs", counted("images", image_file), methods=["GET"]),
+        *work_routes(),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
     ]

@@ -2,7 +2,8 @@
 
 Workers never get pushed work: they call `pull()` for a leased job, `extend()` while it runs and
 `complete()` with its output. The in-process worker of `pe serve` calls these methods directly; remote
-workers will call them through HTTP routes, without the run routes changing. Queue, leases,
+workers (`pe worker`) call `offer()`, `extend_lease()` and `complete_lease()` through the routes of
+api/work.py, and the worker registry (api/workers.py) keeps the live view of them. Queue, leases,
 single-flight and cache live in the state (api/state: this process's memory, or Redis shared by edges);
 the dispatcher adds this edge's metrics.
 """
@@ -13,6 +14,8 @@ import asyncio
 
 from api.metrics import Metrics
 from api.state import DEFAULT_CLIENT, State
+from api.state.base import Offer
+from api.workers import IN_PROCESS, WorkerRegistry, WorkerReport, no_workers
 from wire.result import RunOutput
 from worker.pull import Lease
 from worker.runner import Job
@@ -22,6 +25,7 @@ class Dispatcher:
     def __init__(self, state: State, metrics: Metrics) -> None:
         self.state = state
         self.metrics = metrics
+        self.workers = WorkerRegistry(state)
 
     @property
     def depth(self) -> int:
@@ -36,23 +40,52 @@ class Dispatcher:
 
         Identical requests that arrive while the job is queued or running wait for the same result.
         `client` names the sub-queue the job waits in (the queue serves clients in turn); ApiError 503
-        `queue_full` or 429 `client_queue_full` when a bound is reached.
+        `queue_full` or 429 `client_queue_full` when a bound is reached, 503 `no_workers` when no
+        connected worker runs the job's runner (docs/workers.md).
         """
         if use_cache:
             cached = await self.state.stored(job.id)
             if cached is not None:
                 self.metrics.cache_hits.inc()
                 return cached, True
+        if not self.workers.offers(job.runner):
+            raise no_workers(job.runner)
         future = await self.state.submit(job, client=client, use_cache=use_cache)
         # A client that goes away must not cancel the run that other clients wait for.
         return await asyncio.shield(future), False
 
+    # The in-process worker's JobSource.
+
     async def pull(self) -> Lease:
-        return await self.state.pull()
+        lease = await self.state.pull()
+        self.workers.leased(IN_PROCESS, lease.job.id)
+        return lease
 
     async def extend(self, lease: Lease) -> bool:
-        return await self.state.extend(lease)
+        return await self.extend_lease(lease.job.id, lease.token)
 
     async def complete(self, lease: Lease, output: RunOutput) -> bool:
+        return await self.complete_lease(lease.job.id, lease.token, output)
+
+    # Remote workers, through the routes of api/work.py.
+
+    async def offer(self, report: WorkerReport, peer: str, wait_s: float) -> Offer:
+        """A job `report`'s worker can run, leased to it, within `wait_s` (see State.offer)."""
+        self.workers.seen(report, peer)
+        offer = await self.state.offer(report.capabilities(), wait_s)
+        if offer.lease is not None:
+            self.workers.leased(report.worker, offer.lease.job.id)
+        return offer
+
+    async def extend_lease(self, job_id: str, token: str) -> bool:
+        held = await self.state.extend(job_id, token)
+        self.workers.touched(job_id, released=not held)
+        return held
+
+    async def complete_lease(self, job_id: str, token: str, output: RunOutput) -> bool:
+        """False, and the output dropped, when the lease is no longer held (it expired, or the job was
+        completed already)."""
         self.metrics.executions.inc(runner=output.result.runner, status=str(output.result.status))
-        return await self.state.complete(lease, output)
+        accepted = await self.state.complete(job_id, token, output)
+        self.workers.touched(job_id, released=True)
+        return accepted

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import platform
 import signal
 from collections.abc import AsyncIterator
 
@@ -18,6 +19,7 @@ from api.jobs import Dispatcher
 from api.listener import Listener
 from api.metrics import Metrics
 from api.state import make_state
+from api.workers import IN_PROCESS, WorkerReport
 from catalog.entry import load_catalog
 from catalog.store import ImageStore
 from pe.settings import Settings
@@ -52,6 +54,14 @@ def make_edge(settings: Settings) -> Edge:
     state = make_state(settings)
     dispatcher = Dispatcher(state, metrics)
     metrics.gauge("pe_queue_depth", "Jobs waiting for a worker", lambda: dispatcher.depth)
+    live = dispatcher.workers.live
+    metrics.gauge("pe_workers_connected", "Workers seen by this edge lately", lambda: len(live()))
+    metrics.gauge(
+        "pe_worker_slots", "Slots of the workers connected", lambda: sum(w.report.slots for w in live())
+    )
+    metrics.gauge(
+        "pe_worker_leases", "Jobs leased to the workers connected", lambda: sum(len(w.leases) for w in live())
+    )
     return Edge(
         settings=settings, images=resolver, dispatcher=dispatcher, metrics=metrics, buckets=state.buckets
     )
@@ -65,6 +75,7 @@ def make_app(settings: Settings, *, with_worker: bool = True) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await state.start()
+        await edge.dispatcher.workers.start()
         try:
             if with_worker:
                 async with in_process_worker(edge):
@@ -72,6 +83,7 @@ def make_app(settings: Settings, *, with_worker: bool = True) -> Starlette:
             else:
                 yield
         finally:
+            await edge.dispatcher.workers.close()
             await state.close()
 
     return create_app(edge, lifespan=lifespan)
@@ -83,7 +95,8 @@ async def in_process_worker(edge: Edge) -> AsyncIterator[None]:
     runs in progress finish (and complete) before the runners close."""
     runners = make_runners(edge.settings, edge.images.store)
     worker = PullWorker(edge.dispatcher, runners, edge.settings.slots)
-    edge.metrics.gauge("pe_workers_connected", "Workers pulling jobs", lambda: 1)
+    report = WorkerReport(IN_PROCESS, edge.settings.runners, platform.machine(), slots=edge.settings.slots)
+    edge.dispatcher.workers.seen(report, peer=IN_PROCESS)
     task = asyncio.create_task(worker.serve(), name="in-process-worker")
     try:
         yield
@@ -109,10 +122,10 @@ def hypercorn_config(settings: Settings) -> Config:
     return config
 
 
-async def serve(settings: Settings) -> None:
+async def serve(settings: Settings, *, with_worker: bool = True) -> None:
     """Serve until SIGINT or SIGTERM; then drain connections for up to `grace_s` (api/listener.py),
-    and the lifespan stops the worker and its runners."""
-    app = make_app(settings)
+    and the lifespan stops the worker and its runners. Without `with_worker`: `pe edge`."""
+    app = make_app(settings, with_worker=with_worker)
     manager = ConnectionManager(settings.max_connections, settings.idle_timeout_s, app.state.edge.metrics)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -46,12 +46,18 @@ def trust(cert: Path | None) -> ssl.SSLContext | bool:
 
 
 def start_serve(
-    log: Path, *flags: str, timeout_s: float = 30, tls: tuple[Path, Path] | None = None
+    log: Path,
+    *flags: str,
+    timeout_s: float = 30,
+    tls: tuple[Path, Path] | None = None,
+    command_name: str = "serve",
 ) -> ServeProcess:
-    """Start `pe serve` on a free loopback port, its output going to `log`; wait for /healthz.
-    With `tls` (certificate, key), it serves HTTPS and is checked against that certificate."""
+    """Start `pe serve` (or `pe edge`, by `command_name`) on a free loopback port, its output going to
+    `log`; wait for /healthz. With `tls` (certificate, key), it serves HTTPS and is checked against
+    that certificate."""
     port = free_port()
-    command = [sys.executable, "-m", "pe.cli", "serve", "--host", "127.0.0.1", "--port", str(port), *flags]
+    address = ("--host", "127.0.0.1", "--port", str(port))
+    command = [sys.executable, "-m", "pe.cli", command_name, *address, *flags]
     if tls is not None:
         command += ["--tls-cert", str(tls[0]), "--tls-key", str(tls[1])]
     with log.open("wb") as out:
@@ -60,14 +66,14 @@ def start_serve(
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"pe serve exited with {process.returncode}:\n{log.read_text()}")
+            raise RuntimeError(f"pe {command_name} exited with {process.returncode}:\n{log.read_text()}")
         try:
             if httpx.get(served.url + "/healthz", timeout=1, verify=trust(served.cert)).status_code == 200:
                 return served
         except httpx.HTTPError:
             time.sleep(0.1)
     process.kill()
-    raise RuntimeError(f"pe serve did not answer within {timeout_s} s:\n{log.read_text()}")
+    raise RuntimeError(f"pe {command_name} did not answer within {timeout_s} s:\n{log.read_text()}")
 
 
 def start_redis(folder: Path, port: int, timeout_s: float = 10) -> subprocess.Popen:

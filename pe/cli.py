@@ -40,12 +40,16 @@ def default_edge_url() -> str:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    """`pe serve`, and `pe edge`: the same edge without the in-process worker."""
     from api.server import serve
     from pe.logs import setup_logging
 
     settings = settings_from(args)
     setup_logging(settings.log_level)
-    asyncio.run(serve(settings))
+    with_worker = args.command == "serve"
+    if not with_worker and not settings.worker_token:
+        sys.exit("pe edge: set PE_WORKER_TOKEN (or --worker-token): its workers authenticate with it")
+    asyncio.run(serve(settings, with_worker=with_worker))
     return 0
 
 
@@ -176,6 +180,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_settings_flags(serve)
     serve.add_argument("--redis", dest="setting_state", metavar="URL", help="same as --state URL")
     serve.set_defaults(handler=cmd_serve)
+
+    edge = commands.add_parser(
+        "edge", help="the edge alone: runs go to `pe worker` processes (docs/workers.md)"
+    )
+    add_settings_flags(edge)
+    edge.add_argument("--redis", dest="setting_state", metavar="URL", help="same as --state URL")
+    edge.set_defaults(handler=cmd_serve)
 
     images = commands.add_parser("images", help="build and manage catalogue images")
     image_commands = images.add_subparsers(dest="images_command", required=True)

@@ -7,15 +7,18 @@ What the backends have in common lives here:
 - waiting: each process keeps one future per job id it waits for. The first local request for a job
   asks the backend to join the job's flight or queue it (`_enqueue`); identical requests in this process
   then wait on the same future, and the backend resolves it when the job completes (`_deliver`).
-- pulling: a worker asks for a job (`_take`); when there is none it sleeps until new work is announced
-  (`_announce_work`) or for `POLL_S`, when expired leases are looked at again.
+- pulling: a worker asks for a job it can run (`_take`, filtered by its `Capabilities`); when there is
+  none it sleeps until new work is announced (`_announce_work`) or for `POLL_S`, when expired leases are
+  looked at again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 
 from api.errors import ApiError
 from api.ratelimit import BucketStore
@@ -29,6 +32,37 @@ DEFAULT_CLIENT = "anonymous"  # the sub-queue of runs whose client is not known
 # Hand-outs of one job before it is given up: a job whose every worker dies or stalls (and so loses
 # the lease) must not take down one worker after another for ever.
 MAX_ATTEMPTS = 3
+# How far a pull looks for a job its worker can run: this many jobs at the head of the front list and of
+# each sub-queue, in this many sub-queues (in turn order). Bounded, so a pull costs the same however long
+# the queue; a job further back is found once the jobs ahead of it have gone to workers that can run them.
+SCAN_DEPTH = 16
+SCAN_QUEUES = 64
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a worker can run: runner kinds and the images (digests) it holds. `fetching` are images it
+    is downloading: not asked for again while it does."""
+
+    runners: frozenset[str]
+    images: frozenset[str]
+    fetching: frozenset[str] = frozenset()
+
+    def can_run(self, job: Job) -> bool:
+        return job.runner in self.runners and job.image_digest in self.images
+
+    def would_fetch(self, job: Job) -> bool:
+        """Whether this worker could run `job` once it has fetched the image (and is not fetching it)."""
+        return job.runner in self.runners and job.image_digest not in self.images | self.fetching
+
+
+@dataclass(frozen=True)
+class Offer:
+    """What a pull gets: a leased job, or none; then `wanted` lists the images of waiting jobs the
+    worker could run once it holds them."""
+
+    lease: Lease | None
+    wanted: tuple[str, ...] = ()
 
 
 def queue_full() -> ApiError:
@@ -85,6 +119,11 @@ class State(ABC):
     def depth(self) -> int:
         """Jobs waiting for a worker (with Redis: in the shared queue, as last seen)."""
 
+    async def share_workers(self, mine: dict[str, str], live_s: float) -> dict[str, str]:
+        """Store this edge's live workers (JSON by worker id) where the other edges see them; returns
+        the workers of every edge (api/workers.py). In memory there is only this edge."""
+        return mine
+
     @abstractmethod
     async def stored(self, run_id: str) -> RunOutput | None:
         """The cached output of `run_id`, now the most recently used; None when not (or no longer) kept."""
@@ -126,33 +165,47 @@ class State(ABC):
             future.exception()  # reported to whoever waits; not worth a "never retrieved" warning
 
     async def pull(self) -> Lease:
-        """The next job, leased to the caller; waits until there is one. A job already handed out
-        MAX_ATTEMPTS times is not handed out again: its waiters get an error output instead."""
+        """The next job, any job (the in-process worker runs them all), leased to the caller; waits
+        until there is one."""
+        while True:
+            offer = await self.offer(None, wait_s=60)
+            if offer.lease is not None:
+                return offer.lease
+
+    async def offer(self, capabilities: Capabilities | None, wait_s: float) -> Offer:
+        """A job the caller can run, leased to it, as soon as there is one; else no job after `wait_s`,
+        or at once when waiting jobs want an image the caller could fetch (`Offer.wanted`). A job
+        already handed out MAX_ATTEMPTS times is not handed out again: its waiters get an error output."""
+        deadline = time.monotonic() + wait_s
         while True:
             self._work.clear()  # before looking, so that an announcement made meanwhile is not missed
-            lease = await self._take()
-            if lease is None:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._work.wait(), POLL_S)
-            elif lease.attempt > MAX_ATTEMPTS:
+            offer = await self._take(capabilities)
+            lease = offer.lease
+            if lease is not None and lease.attempt > MAX_ATTEMPTS:
                 message = f"given up: {MAX_ATTEMPTS} workers took this run and none finished it in time"
-                await self.complete(lease, error_output(lease.job, message))
-            else:
-                return lease
+                await self.complete(lease.job.id, lease.token, error_output(lease.job, message))
+                continue
+            remaining = deadline - time.monotonic()
+            if lease is not None or offer.wanted or remaining <= 0:
+                return offer
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._work.wait(), min(POLL_S, remaining))
 
     def _announce_work(self) -> None:
         self._work.set()
 
     @abstractmethod
-    async def _take(self) -> Lease | None:
-        """Queue jobs with expired leases again (at the front), then lease the next job, round-robin
-        over the clients' sub-queues; None when no job waits."""
+    async def _take(self, capabilities: Capabilities | None) -> Offer:
+        """Queue jobs with expired leases again (at the front), then lease the first job the caller can
+        run (any, for None) from the front list, else round-robin over the clients' sub-queues, looking
+        at SCAN_DEPTH jobs of each of SCAN_QUEUES lists at most. Without a job, the offer lists the
+        images of the jobs looked at that the caller would fetch."""
 
     @abstractmethod
-    async def extend(self, lease: Lease) -> bool:
+    async def extend(self, job_id: str, token: str) -> bool:
         """Renew the lease for `lease_s` from now; False when the job is no longer leased with this token."""
 
     @abstractmethod
-    async def complete(self, lease: Lease, output: RunOutput) -> bool:
+    async def complete(self, job_id: str, token: str, output: RunOutput) -> bool:
         """Cache the output and answer every waiter (on every edge); False, and nothing done, when the
         lease is no longer held (it expired and the job was queued again or has completed since)."""

@@ -51,11 +51,12 @@ return blob
 """
 )
 
-# ARGV: P, id, client, job JSON, queue bound, client bound, use_cache (1/0).
+# ARGV: P, id, client, job JSON, queue bound, client bound, use_cache (1/0), runner, image digest.
 # → {'done', output} | {'joined', ''} | {'full', ''} | {'client_full', ''} | {'queued', depth}
-# job:<id> (hash: job, client, attempts, token while leased) exists while the job is queued or
-# leased: it is the flight that identical requests join. q:<client> is the client's sub-queue; turns
-# lists the clients with waiting jobs in the order they are served; queued counts waiting jobs.
+# job:<id> (hash: job, client, runner, image, attempts, token while leased) exists while the job is
+# queued or leased: it is the flight that identical requests join. q:<client> is the client's
+# sub-queue; turns lists the clients with waiting jobs in the order they are served; queued counts
+# waiting jobs.
 SUBMIT = (
     _COMMON
     + """
@@ -70,7 +71,7 @@ if queued >= tonumber(ARGV[5]) then return {'full', ''} end
 local queue = P .. 'q:' .. client
 local mine = redis.call('LLEN', queue)
 if mine >= tonumber(ARGV[6]) then return {'client_full', ''} end
-redis.call('HSET', P .. 'job:' .. id, 'job', ARGV[4], 'client', client)
+redis.call('HSET', P .. 'job:' .. id, 'job', ARGV[4], 'client', client, 'runner', ARGV[8], 'image', ARGV[9])
 redis.call('RPUSH', queue, id)
 if mine == 0 then redis.call('RPUSH', P .. 'turns', client) end
 redis.call('INCR', P .. 'queued')
@@ -79,10 +80,15 @@ return {'queued', tostring(queued + 1)}
 """
 )
 
-# ARGV: P, token, lease ms → {job JSON, depth, attempt} or nil.
+# ARGV: P, token, lease ms, capabilities, scan depth, scan queues
+# → {'job', job JSON, depth, attempt} | {'wanted', image digest…}.
 # First every job whose lease deadline (leases: sorted set id → deadline ms) has passed goes back to the
-# front list, earliest deadline first; the front is served before the clients' sub-queues, which are
-# served one job per turn.
+# front list, earliest deadline first. Then the first job the caller can run is leased: from the front
+# list, else from the clients' sub-queues in turn order (the client served goes to the back of turns,
+# the clients passed over keep their place). Capabilities are '' (any job: the in-process worker) or
+# JSON {"runners": [...], "images": [...], "fetching": [...]}; only the first `scan depth` jobs of a
+# list and the first `scan queues` clients are looked at. Without a job, the images of the jobs
+# looked at that the caller could run once it fetched them.
 TAKE = (
     _COMMON
     + """
@@ -96,19 +102,49 @@ for i = #expired, 1, -1 do
   redis.call('INCR', P .. 'queued')
 end
 if #expired > 1 then redis.call('PUBLISH', P .. 'work', 'requeued') end
-local id = redis.call('LPOP', P .. 'front')
-if not id then
-  local client = redis.call('LPOP', P .. 'turns')
-  if not client then return nil end
-  local queue = P .. 'q:' .. client
-  id = redis.call('LPOP', queue)
-  if redis.call('LLEN', queue) > 0 then redis.call('RPUSH', P .. 'turns', client) end
+local any = ARGV[4] == ''
+local depth, queues = tonumber(ARGV[5]), tonumber(ARGV[6])
+local runs, held, fetching, wanted, listed = {}, {}, {}, {}, {}
+if not any then
+  local caps = cjson.decode(ARGV[4])
+  for _, r in ipairs(caps.runners) do runs[r] = true end
+  for _, d in ipairs(caps.images) do held[d] = true end
+  for _, d in ipairs(caps.fetching) do fetching[d] = true end
 end
-local depth = redis.call('DECR', P .. 'queued')
+local function pick(list)
+  if any then return redis.call('LPOP', list) end
+  for _, id in ipairs(redis.call('LRANGE', list, 0, depth - 1)) do
+    local need = redis.call('HMGET', P .. 'job:' .. id, 'runner', 'image')
+    local runner, image = need[1], need[2]
+    if runs[runner] and held[image] then
+      redis.call('LREM', list, 1, id)
+      return id
+    end
+    if runs[runner] and not fetching[image] and not listed[image] then
+      listed[image] = true
+      wanted[#wanted + 1] = image
+    end
+  end
+  return false
+end
+local id = pick(P .. 'front')
+if not id then
+  for _, client in ipairs(redis.call('LRANGE', P .. 'turns', 0, queues - 1)) do
+    local queue = P .. 'q:' .. client
+    id = pick(queue)
+    if id then
+      redis.call('LREM', P .. 'turns', 1, client)
+      if redis.call('LLEN', queue) > 0 then redis.call('RPUSH', P .. 'turns', client) end
+      break
+    end
+  end
+end
+if not id then return {'wanted', unpack(wanted)} end
+local left = redis.call('DECR', P .. 'queued')
 redis.call('HSET', P .. 'job:' .. id, 'token', ARGV[2])
 redis.call('ZADD', P .. 'leases', now + tonumber(ARGV[3]), id)
 local attempt = redis.call('HINCRBY', P .. 'job:' .. id, 'attempts', 1)
-return {redis.call('HGET', P .. 'job:' .. id, 'job'), tostring(depth), tostring(attempt)}
+return {'job', redis.call('HGET', P .. 'job:' .. id, 'job'), tostring(left), tostring(attempt)}
 """
 )
 

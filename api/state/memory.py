@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 import uuid
 from collections import deque
@@ -9,7 +10,15 @@ from dataclasses import dataclass
 
 from api.ratelimit import BucketStore
 from api.runs import RunStore
-from api.state.base import State, client_queue_full, queue_full
+from api.state.base import (
+    SCAN_DEPTH,
+    SCAN_QUEUES,
+    Capabilities,
+    Offer,
+    State,
+    client_queue_full,
+    queue_full,
+)
 from wire.result import RunOutput
 from worker.pull import Lease
 from worker.runner import Job
@@ -71,25 +80,42 @@ class MemoryState(State):
         self._depth += 1
         self._announce_work()
 
-    async def _take(self) -> Lease | None:
+    async def _take(self, capabilities: Capabilities | None) -> Offer:
         self._requeue_expired()
-        if self._front:
-            job_id = self._front.popleft()
-        elif self._turns:
-            client = self._turns.popleft()
-            queue = self._queues[client]
-            job_id = queue.popleft()
-            if queue:
-                self._turns.append(client)
-            else:
-                del self._queues[client]
-        else:
-            return None
+        wanted: dict[str, None] = {}  # ordered, without repeats
+        job_id = self._pick(self._front, capabilities, wanted)
+        if job_id is None:
+            for client in list(itertools.islice(self._turns, SCAN_QUEUES)):
+                queue = self._queues[client]
+                job_id = self._pick(queue, capabilities, wanted)
+                if job_id is not None:
+                    self._turns.remove(client)  # served: to the back of the line if it has more
+                    if queue:
+                        self._turns.append(client)
+                    else:
+                        del self._queues[client]
+                    break
+        if job_id is None:
+            return Offer(None, tuple(wanted))
         self._depth -= 1
         token = uuid.uuid4().hex
         self._leases[job_id] = _Held(token, time.monotonic() + self.lease_s)
         self._attempts[job_id] = self._attempts.get(job_id, 0) + 1
-        return Lease(self._jobs[job_id], token, self.lease_s, self._attempts[job_id])
+        return Offer(Lease(self._jobs[job_id], token, self.lease_s, self._attempts[job_id]))
+
+    def _pick(
+        self, ids: deque[str], capabilities: Capabilities | None, wanted: dict[str, None]
+    ) -> str | None:
+        """Remove and return the first of the first SCAN_DEPTH `ids` the caller can run; note the
+        images of those it would fetch in `wanted`."""
+        for index, job_id in enumerate(itertools.islice(ids, SCAN_DEPTH)):
+            job = self._jobs[job_id]
+            if capabilities is None or capabilities.can_run(job):
+                del ids[index]
+                return job_id
+            if capabilities.would_fetch(job):
+                wanted[job.image_digest] = None
+        return None
 
     def _requeue_expired(self) -> None:
         now = time.monotonic()
@@ -99,22 +125,22 @@ class MemoryState(State):
             self._front.appendleft(job_id)
             self._depth += 1
 
-    def _holds(self, lease: Lease) -> bool:
-        held = self._leases.get(lease.job.id)
-        return held is not None and held.token == lease.token
+    def _holds(self, job_id: str, token: str) -> bool:
+        held = self._leases.get(job_id)
+        return held is not None and held.token == token
 
-    async def extend(self, lease: Lease) -> bool:
-        if not self._holds(lease):
+    async def extend(self, job_id: str, token: str) -> bool:
+        if not self._holds(job_id, token):
             return False
-        self._leases[lease.job.id].deadline = time.monotonic() + self.lease_s
+        self._leases[job_id].deadline = time.monotonic() + self.lease_s
         return True
 
-    async def complete(self, lease: Lease, output: RunOutput) -> bool:
-        if not self._holds(lease):
+    async def complete(self, job_id: str, token: str, output: RunOutput) -> bool:
+        if not self._holds(job_id, token):
             return False
-        del self._leases[lease.job.id]
-        del self._jobs[lease.job.id]
-        del self._attempts[lease.job.id]
-        self.store.put(lease.job.id, output)
-        self._deliver(lease.job.id, output)
+        del self._leases[job_id]
+        del self._jobs[job_id]
+        del self._attempts[job_id]
+        self.store.put(job_id, output)
+        self._deliver(job_id, output)
         return True

@@ -24,7 +24,17 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from api.ratelimit import Decision, take_tokens
 from api.state import lua
-from api.state.base import POLL_S, State, StateUnavailable, client_queue_full, queue_full
+from api.state.base import (
+    POLL_S,
+    SCAN_DEPTH,
+    SCAN_QUEUES,
+    Capabilities,
+    Offer,
+    State,
+    StateUnavailable,
+    client_queue_full,
+    queue_full,
+)
 from wire.result import RunOutput, pack_output, unpack_output
 from worker.pull import Lease
 from worker.runner import Job
@@ -120,6 +130,20 @@ class RedisState(State):
         blob = await self._script("cache_get", run_id)
         return None if blob is None else unpack_output(blob)
 
+    async def share_workers(self, mine: dict[str, str], live_s: float) -> dict[str, str]:
+        """One hash, `workers`: worker id → its JSON with `last_seen_at`; entries older than `live_s`
+        (their edge is gone) are dropped by whoever reads them."""
+        key = self.prefix + "workers"
+        with reachable():
+            if mine:
+                await self._redis.hset(key, mapping=mine)
+            shared = {k.decode(): v.decode() for k, v in (await self._redis.hgetall(key)).items()}
+            cutoff = time.time() - live_s
+            stale = [k for k, v in shared.items() if json.loads(v)["last_seen_at"] < cutoff]
+            if stale:
+                await self._redis.hdel(key, *stale)
+        return {k: v for k, v in shared.items() if k not in stale}
+
     async def _enqueue(self, job: Job, *, client: str, use_cache: bool) -> None:
         reply = await self._script(
             "submit",
@@ -129,6 +153,8 @@ class RedisState(State):
             self.queue_size,
             self.client_queue_size,
             int(use_cache),
+            job.runner,
+            job.image_digest,
         )
         status, value = reply
         if status == b"done":  # it finished just now, between the cache lookup and this
@@ -141,24 +167,34 @@ class RedisState(State):
             self._depth = int(value)
             self._announce_work()  # the pullers here need not wait for the announcement's round trip
 
-    async def _take(self) -> Lease | None:
+    async def _take(self, capabilities: Capabilities | None) -> Offer:
         token = uuid.uuid4().hex
-        reply = await self._script("take", token, round(self.lease_s * 1000))
-        if reply is None:
-            return None
-        job_json, depth, attempt = reply
+        caps = ""
+        if capabilities is not None:
+            caps = json.dumps(
+                {
+                    "runners": sorted(capabilities.runners),
+                    "images": sorted(capabilities.images),
+                    "fetching": sorted(capabilities.fetching),
+                }
+            )
+        lease_ms = round(self.lease_s * 1000)
+        kind, *rest = await self._script("take", token, lease_ms, caps, SCAN_DEPTH, SCAN_QUEUES)
+        if kind == b"wanted":
+            return Offer(None, tuple(digest.decode() for digest in rest))
+        job_json, depth, attempt = rest
         self._depth = int(depth)
-        return Lease(Job.from_json(json.loads(job_json)), token, self.lease_s, int(attempt))
+        return Offer(Lease(Job.from_json(json.loads(job_json)), token, self.lease_s, int(attempt)))
 
-    async def extend(self, lease: Lease) -> bool:
-        return bool(await self._script("extend", lease.job.id, lease.token, round(self.lease_s * 1000)))
+    async def extend(self, job_id: str, token: str) -> bool:
+        return bool(await self._script("extend", job_id, token, round(self.lease_s * 1000)))
 
-    async def complete(self, lease: Lease, output: RunOutput) -> bool:
+    async def complete(self, job_id: str, token: str, output: RunOutput) -> bool:
         reply = await self._script(
-            "complete", lease.job.id, lease.token, pack_output(output), self.cache_bytes, OUT_TTL_S * 1000
+            "complete", job_id, token, pack_output(output), self.cache_bytes, OUT_TTL_S * 1000
         )
         if reply:
-            self._deliver(lease.job.id, output)  # waiters here need not wait for the announcement
+            self._deliver(job_id, output)  # waiters here need not wait for the announcement
         return bool(reply)
 
     # The listener: one subscription per edge, for the whole life of the edge.

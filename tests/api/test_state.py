@@ -91,7 +91,7 @@ async def finish(state: State, of: Job, stdout: str) -> RunOutput:
     future = await state.submit(of, client="c", use_cache=True)
     lease = await state.pull()
     assert lease.job == of
-    assert await state.complete(lease, output(of, stdout))
+    assert await state.complete(lease.job.id, lease.token, output(of, stdout))
     return await future
 
 
@@ -106,7 +106,7 @@ def test_identical_submissions_run_once_and_every_waiter_gets_the_output(make_st
         lease = await state.pull()
         assert lease.job == same
         assert await nothing_to_pull(state)
-        assert await state.complete(lease, output(same, "once"))
+        assert await state.complete(lease.job.id, lease.token, output(same, "once"))
         outputs = await asyncio.gather(*futures)
         assert {out.stdout for out in outputs} == {b"once"}
         stored = await state.stored(same.id)
@@ -170,12 +170,12 @@ def test_an_expired_lease_goes_back_to_the_front_and_its_late_completion_is_drop
         again = await state.pull()
         assert again.job == first  # ahead of "second", which waited in the queue all along
         assert again.token != stalled.token
-        assert not await state.extend(stalled)
-        assert not await state.complete(stalled, output(first, "late"))
+        assert not await state.extend(stalled.job.id, stalled.token)
+        assert not await state.complete(stalled.job.id, stalled.token, output(first, "late"))
         assert not waiting.done()
-        assert await state.complete(again, output(first, "good"))
+        assert await state.complete(again.job.id, again.token, output(first, "good"))
         assert (await waiting).stdout == b"good"
-        assert not await state.complete(again, output(first, "twice"))  # idempotent
+        assert not await state.complete(again.job.id, again.token, output(first, "twice"))  # idempotent
         stored = await state.stored(first.id)
         assert stored is not None and stored.stdout == b"good"
         assert (await state.pull()).job == second
@@ -211,9 +211,9 @@ def test_an_extended_lease_is_kept(make_state: MakeState) -> None:
         lease = await state.pull()
         for _ in range(4):
             await asyncio.sleep(0.2)
-            assert await state.extend(lease)
+            assert await state.extend(lease.job.id, lease.token)
         assert await nothing_to_pull(state)
-        assert await state.complete(lease, output(lease.job, "done"))
+        assert await state.complete(lease.job.id, lease.token, output(lease.job, "done"))
         assert (await waiting).stdout == b"done"
         await closed(state)
 
@@ -279,7 +279,7 @@ def test_edges_on_one_redis_share_a_flight_and_the_cache(make_edges: MakeState) 
         assert b.depth == 1
         lease = await b.pull()
         assert await nothing_to_pull(a)
-        assert await b.complete(lease, output(same, "from b"))
+        assert await b.complete(lease.job.id, lease.token, output(same, "from b"))
         assert (await on_a).stdout == b"from b"  # the client waiting on edge a gets edge b's run
         assert (await on_b).stdout == b"from b"
         stored = await a.stored(same.id)
@@ -346,7 +346,7 @@ def test_waiters_get_a_503_when_redis_goes_away_and_the_edge_recovers_with_it(tm
                 assert time.monotonic() < deadline, "the edge did not recover"
                 await asyncio.sleep(0.2)
         lease = await state.pull()
-        assert await state.complete(lease, output(lease.job, "back"))
+        assert await state.complete(lease.job.id, lease.token, output(lease.job, "back"))
         assert (await waiting).stdout == b"back"
         await closed(state)
 
