@@ -17,7 +17,7 @@ import pytest
 from api.errors import ApiError
 from api.ratelimit import MemoryBuckets
 from api.state import MemoryState, State
-from api.state.base import MAX_ATTEMPTS
+from api.state.base import MAX_ATTEMPTS, Capabilities, Offer
 from api.state.redis import RedisBuckets, RedisState, connect
 from pe.child import free_port, start_redis
 from wire.result import RunOutput, Status
@@ -127,6 +127,42 @@ def test_one_clients_burst_does_not_starve_another(make_state: MakeState) -> Non
         pulled = [(await state.pull()).job.id for _ in range(4)]
         assert pulled == ["greedy-0", "polite", "greedy-1", "greedy-2"]
         assert state.depth == 47
+        await closed(state)
+
+    run(main())
+
+
+def test_a_worker_gets_only_jobs_it_can_run_and_clients_keep_their_turn(make_state: MakeState) -> None:
+    """Clients a, b, c queue jobs of images X, Y, X. A worker holding only Y gets b's job; one holding
+    nothing is told it wants X (not Y: none is left); then holders of X get a's job before c's (a
+    kept its turn while passed over), then a's second."""
+    x, y = "sha256:" + "1" * 64, "sha256:" + "2" * 64
+
+    def of_image(name: str, digest: str) -> Job:
+        return dataclasses.replace(job(name), image_digest=digest)
+
+    def able(
+        *images: str, runners: tuple[str, ...] = ("sandbox",), fetching: tuple[str, ...] = ()
+    ) -> Capabilities:
+        return Capabilities(frozenset(runners), frozenset(images), frozenset(fetching))
+
+    async def main() -> None:
+        state = make_state()
+        await started(state)
+        for name, client, digest in [("a1", "a", x), ("a2", "a", x), ("b1", "b", y), ("c1", "c", x)]:
+            await state.submit(of_image(name, digest), client=client, use_cache=True)
+        offer = await state.offer(able(y), wait_s=0)
+        assert offer.lease is not None and offer.lease.job.id == "b1"
+        assert await state.offer(able(), wait_s=5) == Offer(None, (x,))  # at once, not after 5 s
+        assert await state.offer(able(fetching=(x,)), wait_s=0) == Offer(None, ())
+        assert await state.offer(able(x, runners=("vm",)), wait_s=0) == Offer(None, ())
+        taken = []
+        for _ in range(3):
+            offer = await state.offer(able(x), wait_s=0)
+            assert offer.lease is not None
+            taken.append(offer.lease.job.id)
+        assert taken == ["a1", "c1", "a2"]
+        assert state.depth == 0
         await closed(state)
 
     run(main())
