@@ -128,9 +128,14 @@ async def serve(settings: Settings, *, with_worker: bool = True) -> None:
     app = make_app(settings, with_worker=with_worker)
     manager = ConnectionManager(settings.max_connections, settings.idle_timeout_s, app.state.edge.metrics)
     stop = asyncio.Event()
+
+    def stopping() -> None:
+        stop.set()
+        app.state.edge.dispatcher.state.stop_offers()  # workers' long polls must not hold the drain
+
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signum, stopping)
     scheme = "https" if settings.tls_cert else "http"
     log.info("serving on %s://%s:%d (HTTP/1.1 and HTTP/2)", scheme, settings.host, settings.port)
     await Listener(app, hypercorn_config(settings), manager, settings.grace_s).serve(stop)

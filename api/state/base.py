@@ -105,6 +105,7 @@ class State(ABC):
         self._waiting: dict[str, asyncio.Future[RunOutput]] = {}
         self._enqueues: set[asyncio.Task[None]] = set()
         self._work = asyncio.Event()
+        self._stopping = False
 
     @abstractmethod
     async def start(self) -> None:
@@ -175,7 +176,8 @@ class State(ABC):
     async def offer(self, capabilities: Capabilities | None, wait_s: float) -> Offer:
         """A job the caller can run, leased to it, as soon as there is one; else no job after `wait_s`,
         or at once when waiting jobs want an image the caller could fetch (`Offer.wanted`). A job
-        already handed out MAX_ATTEMPTS times is not handed out again: its waiters get an error output."""
+        already handed out MAX_ATTEMPTS times is not handed out again: its waiters get an error output.
+        Once `stop_offers` was called, a worker with `capabilities` is not kept waiting."""
         deadline = time.monotonic() + wait_s
         while True:
             self._work.clear()  # before looking, so that an announcement made meanwhile is not missed
@@ -186,10 +188,18 @@ class State(ABC):
                 await self.complete(lease.job.id, lease.token, error_output(lease.job, message))
                 continue
             remaining = deadline - time.monotonic()
-            if lease is not None or offer.wanted or remaining <= 0:
+            stopping = self._stopping and capabilities is not None
+            if lease is not None or offer.wanted or remaining <= 0 or stopping:
                 return offer
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._work.wait(), min(POLL_S, remaining))
+
+    def stop_offers(self) -> None:
+        """The edge is stopping: remote workers' pulls (with capabilities) are answered now, and from
+        now on, once they have looked for a job, so that their connections can close. The in-process
+        worker goes on pulling: it runs the jobs of the requests still being answered."""
+        self._stopping = True
+        self._work.set()
 
     def _announce_work(self) -> None:
         self._work.set()

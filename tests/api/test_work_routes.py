@@ -339,3 +339,25 @@ def test_metrics_count_the_connected_workers(memory_edge: ServeProcess) -> None:
             assert float(connected.split()[1]) >= 1
 
     run(main())
+
+
+def test_a_stopping_edge_answers_waiting_pulls_at_once(tmp_path: Path) -> None:
+    """SIGTERM while a worker waits in a 20 s long poll: the pull is answered (no job) and the edge has
+    exited well before the poll would have ended."""
+    edge = start_edge(tmp_path / "edge.log")
+
+    async def main() -> None:
+        async with client(edge.url) as http:
+            worker = Worker(http)
+            polling = asyncio.create_task(worker.pull(wait_s=20))
+            await asyncio.sleep(0.5)
+            started = asyncio.get_running_loop().time()
+            edge.process.terminate()
+            assert (await polling)["job"] is None
+            await asyncio.to_thread(edge.process.wait, 10)
+            assert asyncio.get_running_loop().time() - started < 5
+
+    try:
+        run(main())
+    finally:
+        edge.stop()
