@@ -58,7 +58,7 @@ class Dispatcher:
 
     async def pull(self) -> Lease:
         lease = await self.state.pull()
-        self.workers.leased(IN_PROCESS, lease.job.id)
+        self.workers.leased(IN_PROCESS, lease.job.id, lease.token)
         return lease
 
     async def extend(self, lease: Lease) -> bool:
@@ -74,12 +74,12 @@ class Dispatcher:
         self.workers.seen(report, peer)
         offer = await self.state.offer(report.capabilities(), wait_s)
         if offer.lease is not None:
-            self.workers.leased(report.worker, offer.lease.job.id)
+            self.workers.leased(report.worker, offer.lease.job.id, offer.lease.token)
         return offer
 
     async def extend_lease(self, job_id: str, token: str) -> bool:
         held = await self.state.extend(job_id, token)
-        self.workers.touched(job_id, released=not held)
+        self.workers.touched(token, released=not held)
         return held
 
     async def complete_lease(self, job_id: str, token: str, output: RunOutput) -> bool:
@@ -87,5 +87,5 @@ class Dispatcher:
         completed already)."""
         self.metrics.executions.inc(runner=output.result.runner, status=str(output.result.status))
         accepted = await self.state.complete(job_id, token, output)
-        self.workers.touched(job_id, released=True)
+        self.workers.touched(token, released=True)
         return accepted

@@ -60,7 +60,7 @@ class WorkerEntry:
     peer: str
     connected: float  # time.time() when first seen
     last_seen: float
-    leases: set[str] = field(default_factory=set)  # job ids leased to it through this edge
+    leases: dict[str, str] = field(default_factory=dict)  # lease token → job id, leased through this edge
 
     def to_json(self) -> dict:
         report = self.report
@@ -71,7 +71,7 @@ class WorkerEntry:
             "images": list(report.images),
             "slots": report.slots,
             "running": len(self.leases) if report.worker == IN_PROCESS else report.running,
-            "leases": sorted(self.leases),
+            "leases": sorted(self.leases.values()),
             "connected_at": self.connected,
             "last_seen_at": self.last_seen,
             "peer": self.peer,
@@ -83,7 +83,7 @@ class WorkerRegistry:
         self.state = state
         self.live_s = max(2 * MAX_WAIT_S, state.lease_s)
         self._entries: dict[str, WorkerEntry] = {}
-        self._owners: dict[str, str] = {}  # job id → the worker it is leased to (through this edge)
+        self._owners: dict[str, str] = {}  # lease token → the worker holding it (leased through this edge)
         self._everywhere: list[dict] = []  # every edge's live entries, as last shared
         self._sharing: asyncio.Task[None] | None = None
 
@@ -95,21 +95,21 @@ class WorkerRegistry:
         else:
             entry.report, entry.peer, entry.last_seen = report, peer, now
 
-    def leased(self, worker: str, job_id: str) -> None:
+    def leased(self, worker: str, job_id: str, token: str) -> None:
         entry = self._entries.get(worker)
         if entry is not None:
-            entry.leases.add(job_id)
-            self._owners[job_id] = worker
+            entry.leases[token] = job_id
+            self._owners[token] = worker
 
-    def touched(self, job_id: str, *, released: bool = False) -> None:
-        """The lease of `job_id` was extended (or, `released`, completed, discarded or lost): its worker
+    def touched(self, token: str, *, released: bool = False) -> None:
+        """The lease `token` was extended (or, `released`, completed, discarded or lost): its worker
         is alive."""
-        worker = self._owners.pop(job_id, None) if released else self._owners.get(job_id)
+        worker = self._owners.pop(token, None) if released else self._owners.get(token)
         entry = self._entries.get(worker) if worker is not None else None
         if entry is not None:
             entry.last_seen = time.time()
             if released:
-                entry.leases.discard(job_id)
+                entry.leases.pop(token, None)
 
     def live(self) -> list[WorkerEntry]:
         """The workers of this edge seen within `live_s` (the others are forgotten, with their leases)."""
@@ -118,8 +118,8 @@ class WorkerRegistry:
         if in_process is not None:  # lives as long as this edge
             in_process.last_seen = now
         for worker in [w for w, entry in self._entries.items() if entry.last_seen < now - self.live_s]:
-            for job_id in self._entries.pop(worker).leases:
-                self._owners.pop(job_id, None)
+            for token in self._entries.pop(worker).leases:
+                self._owners.pop(token, None)
         return list(self._entries.values())
 
     def everywhere(self) -> list[dict]:

@@ -205,6 +205,9 @@ def test_an_expired_lease_gives_the_job_to_another_worker_first(edge: ServeProce
             assert again.id == job.id and token != stale_token  # ahead of the second run
             late = await stalled.complete(job, stale_token, pack_output(made_up(job, "late")))
             assert late.json() == {"accepted": False}
+            listed = (await http.get("/api/v1/work/workers", headers=AUTH)).json()["workers"]
+            leases = {item["worker"]: item["leases"] for item in listed}
+            assert (leases[stalled.id], leases[other.id]) == ([], [job.id])
             assert (await other.complete(again, token, pack_output(made_up(job, "on time")))).json()[
                 "accepted"
             ]
