@@ -11,6 +11,7 @@ the dispatcher adds this edge's metrics.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from api.metrics import Metrics
 from api.state import DEFAULT_CLIENT, State
@@ -20,12 +21,14 @@ from wire.result import RunOutput
 from worker.pull import Lease
 from worker.runner import Job
 
+NO_WORKERS_CHECK_S = 2.0  # how often a waiting run checks that a worker could still run it
+
 
 class Dispatcher:
-    def __init__(self, state: State, metrics: Metrics) -> None:
+    def __init__(self, state: State, metrics: Metrics, workers: WorkerRegistry | None = None) -> None:
         self.state = state
         self.metrics = metrics
-        self.workers = WorkerRegistry(state)
+        self.workers = workers or WorkerRegistry(state)
 
     @property
     def depth(self) -> int:
@@ -40,8 +43,9 @@ class Dispatcher:
 
         Identical requests that arrive while the job is queued or running wait for the same result.
         `client` names the sub-queue the job waits in (the queue serves clients in turn); ApiError 503
-        `queue_full` or 429 `client_queue_full` when a bound is reached, 503 `no_workers` when no
-        connected worker runs the job's runner (docs/workers.md).
+        `queue_full` or 429 `client_queue_full` when a bound is reached. 503 `no_workers` when no
+        connected worker runs the job's runner, at once or while waiting (the job stays queued for
+        when one comes back; docs/workers.md).
         """
         if use_cache:
             cached = await self.state.stored(job.id)
@@ -51,8 +55,12 @@ class Dispatcher:
         if not self.workers.offers(job.runner):
             raise no_workers(job.runner)
         future = await self.state.submit(job, client=client, use_cache=use_cache)
-        # A client that goes away must not cancel the run that other clients wait for.
-        return await asyncio.shield(future), False
+        while True:
+            # A client that goes away must not cancel the run that other clients wait for.
+            with contextlib.suppress(TimeoutError):
+                return await asyncio.wait_for(asyncio.shield(future), NO_WORKERS_CHECK_S), False
+            if not self.workers.offers(job.runner):
+                raise no_workers(job.runner)
 
     # The in-process worker's JobSource.
 

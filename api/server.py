@@ -19,7 +19,7 @@ from api.jobs import Dispatcher
 from api.listener import Listener
 from api.metrics import Metrics
 from api.state import make_state
-from api.workers import IN_PROCESS, WorkerReport
+from api.workers import IN_PROCESS, WorkerRegistry, WorkerReport
 from catalog.entry import load_catalog
 from catalog.store import ImageStore
 from pe.settings import Settings
@@ -52,7 +52,7 @@ def make_edge(settings: Settings) -> Edge:
                 "image %s is not built; runs of it answer 503 until `pe images build %s`", image_id, image_id
             )
     state = make_state(settings)
-    dispatcher = Dispatcher(state, metrics)
+    dispatcher = Dispatcher(state, metrics, WorkerRegistry(state, settings.worker_wait_s))
     metrics.gauge("pe_queue_depth", "Jobs waiting for a worker", lambda: dispatcher.depth)
     live = dispatcher.workers.live
     metrics.gauge("pe_workers_connected", "Workers seen by this edge lately", lambda: len(live()))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import math
 import platform
 import time
 
@@ -16,7 +17,7 @@ from starlette.routing import Route
 
 from api.app import CPIO, Edge, counted, read_body
 from api.errors import ApiError
-from api.workers import MAX_WAIT_S, WorkerReport
+from api.workers import WorkerReport
 from pe.settings import RUNNER_KINDS
 from wire.result import unpack_output
 from wire.spec import MAX_LIMITS
@@ -74,7 +75,8 @@ def _strings(obj: dict, key: str) -> tuple[str, ...]:
 
 
 def parse_pull(body: bytes) -> tuple[WorkerReport, float]:
-    """The worker's report and how long it will wait, from a pull body; 400/422 when malformed."""
+    """The worker's report and how long it will wait (the edge's longest when not said), from a pull
+    body; 400/422 when malformed."""
     try:
         obj = json.loads(body)
     except (UnicodeDecodeError, ValueError, RecursionError) as error:
@@ -90,7 +92,7 @@ def parse_pull(body: bytes) -> tuple[WorkerReport, float]:
     if not runners or unknown:
         raise bad_pull(f"runners must list runner kinds ({', '.join(RUNNER_KINDS)}), not {list(runners)}")
     slots, running = _get(obj, "slots", int, 1), _get(obj, "running", int, 0)
-    wait_s = obj.get("wait_s", MAX_WAIT_S)
+    wait_s = obj.get("wait_s", math.inf)  # not said: as long as the edge lets it
     if not isinstance(wait_s, int | float) or isinstance(wait_s, bool):
         raise bad_pull(f"wait_s must be a number of seconds, not {wait_s!r:.50}")
     assert isinstance(slots, int) and isinstance(running, int)
@@ -105,7 +107,7 @@ def parse_pull(body: bytes) -> tuple[WorkerReport, float]:
         slots=slots,
         running=running,
     )
-    return report, min(float(wait_s), MAX_WAIT_S)
+    return report, float(wait_s)
 
 
 async def pull(request: Request) -> Response:
@@ -113,6 +115,7 @@ async def pull(request: Request) -> Response:
     once when waiting jobs need an image it could fetch), no job and the images wanted."""
     edge = authorized(request)
     report, wait_s = parse_pull(await read_body(request, MAX_PULL_BYTES))
+    wait_s = min(wait_s, edge.settings.worker_wait_s)
     if report.arch != ARCH:
         raise ApiError(422, "wrong_arch", f"this edge's images are for {ARCH}, not {report.arch}")
     offer = await edge.dispatcher.offer(report, peer(request), wait_s)

@@ -25,7 +25,6 @@ from api.state.base import RETRY_AFTER_S, Capabilities
 log = logging.getLogger("pe.workers")
 
 SHARE_S = 2.0
-MAX_WAIT_S = 20.0  # the longest a pull waits for a job (long poll)
 IN_PROCESS = "in-process"
 
 
@@ -79,9 +78,11 @@ class WorkerEntry:
 
 
 class WorkerRegistry:
-    def __init__(self, state: State) -> None:
+    def __init__(self, state: State, wait_s: float = 20.0) -> None:
+        """`wait_s`: the longest long poll (PE_WORKER_WAIT_S)."""
         self.state = state
-        self.live_s = max(2 * MAX_WAIT_S, state.lease_s)
+        self.wait_s = wait_s
+        self.live_s = max(2 * wait_s, state.lease_s)
         self._entries: dict[str, WorkerEntry] = {}
         self._owners: dict[str, str] = {}  # lease token → the worker holding it (leased through this edge)
         self._everywhere: list[dict] = []  # every edge's live entries, as last shared

@@ -38,6 +38,7 @@ class Settings:
     queue_size: int = 1000
     client_queue_size: int = 100
     lease_s: float = 30.0
+    worker_wait_s: float = 20.0
     tls_cert: str = ""
     tls_key: str = ""
     log_level: str = "info"
@@ -73,6 +74,7 @@ class Settings:
             "queue_size",
             "client_queue_size",
             "lease_s",
+            "worker_wait_s",
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"PE_{name.upper()}: must be positive")
@@ -110,6 +112,7 @@ FIELD_HELP: dict[str, str] = {
     "queue_size": "most jobs waiting for a worker (503 above)",
     "client_queue_size": "most jobs one client may have waiting (429 above)",
     "lease_s": "seconds a worker holds a job unless it renews the lease; then the job runs elsewhere",
+    "worker_wait_s": "longest a worker's pull waits for a job (long poll); unseen twice as long, it is gone",
     "tls_cert": "PEM certificate file; serves HTTPS (HTTP/2 by ALPN) when given with tls_key",
     "tls_key": "PEM private key file for tls_cert",
     "log_level": "debug, info, warning or error",

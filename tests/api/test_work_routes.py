@@ -266,6 +266,33 @@ def test_a_run_no_connected_worker_can_run_is_refused_at_once(tmp_path: Path) ->
         edge.stop()
 
 
+def test_a_waiting_run_is_answered_no_workers_when_its_workers_are_gone(tmp_path: Path) -> None:
+    """Long polls of at most 1 s and leases of 1.5 s: a worker unseen for 2 s is gone. The client
+    waiting for the run it took gets 503 no_workers; the job stays queued, and when a worker comes
+    back it runs, and asking again gets its answer."""
+    edge = start_edge(tmp_path / "edge.log", "--worker-wait-s", "1")
+
+    async def main() -> None:
+        async with client(edge.url) as http:
+            worker = Worker(http)
+            await worker.pull()
+            body = spec()
+            waiting = await submitted(http, body)
+            started = asyncio.get_running_loop().time()
+            answer = await waiting
+            assert answer.status_code == 503 and answer.json()["error"]["code"] == "no_workers"
+            assert asyncio.get_running_loop().time() - started < 6
+            job, token = await Worker(http).pull_job()
+            assert (await worker.complete(job, token, pack_output(made_up(job, "later")))).json()["accepted"]
+            again = await http.post("/api/v1/run", json=body)
+            assert again.status_code == 200 and again.json()["stdout"]["text"] == "later"
+
+    try:
+        run(main())
+    finally:
+        edge.stop()
+
+
 def test_a_malformed_upload_is_refused_and_the_job_stays_completable(memory_edge: ServeProcess) -> None:
     async def main() -> None:
         async with client(memory_edge.url) as http:
