@@ -10,6 +10,7 @@ import logging
 import math
 import platform
 import time
+from typing import TypeVar
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -23,6 +24,7 @@ from wire.result import unpack_output
 from wire.spec import MAX_LIMITS
 
 log = logging.getLogger("pe.work")
+T = TypeVar("T")
 
 ARCH = platform.machine()  # the images this edge builds and serves are for its own architecture
 MAX_PULL_BYTES = 1 << 20
@@ -59,16 +61,15 @@ def bad_pull(message: str) -> ApiError:
     return ApiError(422, "bad_pull", message)
 
 
-def _get(obj: dict, key: str, kind: type, default: object = None) -> object:
+def _get(obj: dict, key: str, kind: type[T], default: T | None = None) -> T:
     value = obj.get(key, default)
-    if value is None or not isinstance(value, kind) or isinstance(value, bool):
+    if not isinstance(value, kind) or isinstance(value, bool):
         raise bad_pull(f"{key} must be {kind.__name__}, not {value!r:.50}")
     return value
 
 
 def _strings(obj: dict, key: str) -> tuple[str, ...]:
     items = _get(obj, key, list, [])
-    assert isinstance(items, list)
     if len(items) > MAX_IMAGES or not all(isinstance(item, str) for item in items):
         raise bad_pull(f"{key} must be a list of at most {MAX_IMAGES} strings")
     return tuple(items)
@@ -84,7 +85,6 @@ def parse_pull(body: bytes) -> tuple[WorkerReport, float]:
     if not isinstance(obj, dict):
         raise bad_pull("the pull body must be a JSON object")
     worker = _get(obj, "worker", str)
-    assert isinstance(worker, str)
     if not 0 < len(worker) <= MAX_WORKER_ID:
         raise bad_pull(f"worker must be an id of 1 to {MAX_WORKER_ID} characters")
     runners = _strings(obj, "runners")
@@ -95,13 +95,12 @@ def parse_pull(body: bytes) -> tuple[WorkerReport, float]:
     wait_s = obj.get("wait_s", math.inf)  # not said: as long as the edge lets it
     if not isinstance(wait_s, int | float) or isinstance(wait_s, bool):
         raise bad_pull(f"wait_s must be a number of seconds, not {wait_s!r:.50}")
-    assert isinstance(slots, int) and isinstance(running, int)
     if slots < 1 or running < 0 or wait_s < 0:
         raise bad_pull("slots must be at least 1, running and wait_s at least 0")
     report = WorkerReport(
         worker=worker,
         runners=runners,
-        arch=str(_get(obj, "arch", str)),
+        arch=_get(obj, "arch", str),
         images=_strings(obj, "images"),
         fetching=_strings(obj, "fetching"),
         slots=slots,
