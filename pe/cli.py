@@ -53,6 +53,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_worker(args: argparse.Namespace) -> int:
+    """`pe worker`: run jobs pulled from an edge (docs/workers.md)."""
+    from pe.logs import setup_logging
+    from worker.remote import work
+
+    settings = settings_from(args)
+    setup_logging(settings.log_level)
+    if not settings.worker_token:
+        sys.exit("pe worker: give the edge's worker token: --token T or PE_WORKER_TOKEN")
+    if "vm" in settings.runners:
+        sys.exit("pe worker: the vm runner is not built yet (issue 7); use --runner sandbox")
+    return asyncio.run(work(settings, args.edge))
+
+
 def cmd_images_build(args: argparse.Namespace) -> int:
     from catalog.build import BuildError, build_all
     from catalog.entry import CatalogError
@@ -187,6 +201,19 @@ def build_parser() -> argparse.ArgumentParser:
     add_settings_flags(edge)
     edge.add_argument("--redis", dest="setting_state", metavar="URL", help="same as --state URL")
     edge.set_defaults(handler=cmd_serve)
+
+    worker = commands.add_parser(
+        "worker", help="run jobs pulled from an edge over HTTP/2; only outbound connections (docs/workers.md)"
+    )
+    worker.add_argument(
+        "--edge", default=default_edge_url(), help="edge URL (default: $PE_EDGE_URL or local)"
+    )
+    worker.add_argument("--token", dest="setting_worker_token", metavar="T", help="same as --worker-token T")
+    worker.add_argument(
+        "--runner", dest="setting_runners", choices=["sandbox", "vm"], help="same as --runners KIND"
+    )
+    add_settings_flags(worker)
+    worker.set_defaults(handler=cmd_worker)
 
     images = commands.add_parser("images", help="build and manage catalogue images")
     image_commands = images.add_subparsers(dest="images_command", required=True)

@@ -26,6 +26,7 @@ class Settings:
     state: str = "memory"
     runners: tuple[str, ...] = ("sandbox",)
     worker_token: str = ""
+    worker_image_cache_bytes: int = 10 << 30
     max_connections: int = 1000
     idle_timeout_s: float = 60.0
     max_streams: int = 100
@@ -55,6 +56,11 @@ class Settings:
     def images_dir(self) -> Path:
         return self.cache_dir / "images"
 
+    @property
+    def worker_images_dir(self) -> Path:
+        """The image cache of `pe worker` (worker/imagecache.py)."""
+        return self.cache_dir / "worker-images"
+
     def __post_init__(self) -> None:
         for runner in self.runners:
             if runner not in RUNNER_KINDS:
@@ -75,6 +81,7 @@ class Settings:
             "client_queue_size",
             "lease_s",
             "worker_wait_s",
+            "worker_image_cache_bytes",
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"PE_{name.upper()}: must be positive")
@@ -100,6 +107,7 @@ FIELD_HELP: dict[str, str] = {
     "state": "where queues, results and counters live: 'memory' or a redis:// URL",
     "runners": "runner kinds this service offers, comma separated; the first is the default",
     "worker_token": "bearer token that workers present on /api/v1/work/ routes",
+    "worker_image_cache_bytes": "bytes of images a `pe worker` keeps (least recently used go first)",
     "max_connections": "most client connections kept open at once",
     "idle_timeout_s": "seconds an idle connection is kept before GOAWAY and close",
     "max_streams": "most concurrent HTTP/2 streams per connection",
