@@ -10,9 +10,12 @@ sent again after a backoff, exponential with full jitter (a random delay up to t
 workers do not come back in step); httpx opens the new connection. Pulls retry for ever, extends and
 uploads only while the lease may still hold: after that the edge has queued the job again.
 
-Caveat: httpx fails every stream still waiting for its answer when a GOAWAY arrives, even those the
-edge promised to answer. A pull the edge answered with a job on such a stream is lost to the worker;
-the job runs elsewhere once its lease expires.
+A draining edge first stops taking new streams on the connection (SETTINGS_MAX_CONCURRENT_STREAMS=0;
+httpx then fails new requests with LocalProtocolError), and sends GOAWAY once the streams it took are
+answered; httpx opens a new connection for the requests after that. Caveat: httpx fails every stream
+still waiting for its answer when a GOAWAY arrives, even those the edge promised to answer. A pull the
+edge answered with a job on such a stream is lost to the worker; the job runs elsewhere once its
+lease expires.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ WAIT_S = 20.0  # how long a pull asks the edge to wait for a job (PE_WORKER_WAIT
 FETCHING_WAIT_S = 1.0  # … while images are downloading: the next pull then says they are here
 PREFETCH_WINDOW_S = 0.5  # see worker/pull.py
 BACKOFF_BASE_S = 0.1
-BACKOFF_MAX_S = 10.0
+BACKOFF_MAX_S = 5.0
 CONNECT_TIMEOUT_S = 5.0
 UPLOAD_TIMEOUT_S = 60.0
 CPIO = "application/x-cpio"

@@ -420,3 +420,31 @@ def test_busy_worker_no_image_and_corrupted_download(tmp_path: Path) -> None:
         assert 0 <= bad < fetched < first_lease, log
         cached = tmp_path / "b" / "worker-images" / f"{digest[7:]}.erofs"
         assert "sha256:" + hashlib.sha256(cached.read_bytes()).hexdigest() == digest
+
+
+def test_sigterm_drains_the_worker(tmp_path: Path) -> None:
+    """SIGTERM: the worker pulls no more, finishes the job it runs, hands its output back, exits 0."""
+    tag = uuid.uuid4().hex[:12]
+    edge = start_edge(tmp_path, free_port())
+    worker = start_worker(tmp_path, edge.url, "w", slots=1)
+    with processes(edge, worker):
+        wait_until(lambda: len(connected_workers(edge)) == 1, what="the worker")
+
+        async def main() -> dict:
+            async with client(edge.url) as http:
+                running = asyncio.create_task(run(http, spec(tag, 1, 1.5)))
+                await async_wait_until(lambda: leased(worker))
+                worker.signal(signal.SIGTERM)
+                await async_wait_until(lambda: events(worker.text(), "draining: no more pulls"))
+                later = asyncio.create_task(http.post("/api/v1/run", json=spec(tag, 2, 0)))
+                answer = await running
+                assert worker.process is not None
+                assert await asyncio.to_thread(worker.process.wait, 10) == 0
+                assert not later.done()  # queued, for a worker still to come
+                later.cancel()
+                return answer
+
+        answer = asyncio.run(asyncio.wait_for(main(), 30))
+        assert answer["stdout"]["text"] == f"{tag}-1\n"
+        assert leased(worker) == accepted(worker) == [answer["id"]]
+        assert events(worker.text(), "worker stopped")
