@@ -113,6 +113,9 @@ def hypercorn_config(settings: Settings) -> Config:
     config = Config()
     config.bind = [f"{settings.host}:{settings.port}"]
     config.h2_max_concurrent_streams = settings.max_streams
+    # Hypercorn would end a connection after 1,000 requests with a GOAWAY of its own, stranding the
+    # streams in flight (python-hyper/h2 #1181); the connection manager decides when connections end.
+    config.keep_alive_max_requests = 2**62
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
     if settings.tls_cert:

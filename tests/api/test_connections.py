@@ -315,3 +315,14 @@ def test_h2load_with_ten_times_the_limit_in_clients(edge: ServeProcess) -> None:
     assert failed == errored + server_errors  # 5xx here are the 503s of connections with no slot
     assert metric(edge, "pe_connections_open_max") <= LIMIT
     assert metric(edge, "pe_streams_refused_total") > refused_before
+
+
+@pytest.mark.skipif(shutil.which("h2load") is None, reason="h2load (nghttp2-client) is not installed")
+def test_one_connection_serves_more_than_a_thousand_requests(edge: ServeProcess) -> None:
+    """Hypercorn alone ends a connection after 1,000 requests with a GOAWAY that strands the streams
+    in flight; the edge keeps serving it."""
+    run = subprocess.run(
+        ["h2load", "-n", "1200", "-c", "1", "-m", "8", edge.url + "/healthz"],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    assert "1200 succeeded, 0 failed" in run.stdout, run.stdout
