@@ -286,13 +286,18 @@ def bench_retire(args: argparse.Namespace, folder: Path) -> None:
     print(f"  p99 ratio at the limit / room to spare: {ratio:.2f}")
 
 
+PARTS = {"throughput": bench_throughput, "memory": bench_memory, "retire": bench_retire}
+
+
 def bench_h2(args: argparse.Namespace) -> int:
+    unknown = [part for part in args.parts if part not in PARTS]
+    if unknown:
+        print(f"pe bench h2: unknown part {unknown[0]!r} (known: {', '.join(PARTS)})", file=sys.stderr)
+        return 2
     raise_nofile()
     with tempfile.TemporaryDirectory(prefix="pe-bench-h2-") as folder:
-        for part in args.parts or ["throughput", "memory", "retire"]:
-            {"throughput": bench_throughput, "memory": bench_memory, "retire": bench_retire}[part](
-                args, Path(folder)
-            )
+        for part in args.parts or list(PARTS):
+            PARTS[part](args, Path(folder))
     return 0
 
 

@@ -322,7 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
         "h2", help="HTTP/2 at the edge: cache-hit throughput vs a hello app, idle memory, retire time"
     )
     bench_h2.add_argument(
-        "parts", nargs="*", choices=["throughput", "memory", "retire"], help="what to measure (default: all)"
+        "parts", nargs="*", metavar="PART", help="throughput, memory, retire (default: all three)"
     )
     bench_h2.add_argument("-n", "--requests", type=int, default=20000, help="h2load requests a round")
     bench_h2.add_argument("-c", "--clients", type=int, default=8, help="h2load clients (default 8)")
