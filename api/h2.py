@@ -13,8 +13,8 @@
   and close never cut a response short.
 - GOAWAY is sent only once every accepted stream is answered: after its own GOAWAY, h2 refuses all
   further frames (python-hyper/h2 #1181), so a GOAWAY sent earlier would strand in-flight streams.
-- A client that resets streams, changes settings or pings faster than `ControlBudget` allows
-  (rapid reset, CVE-2023-44487) gets GOAWAY(ENHANCE_YOUR_CALM) and is closed.
+- A client that resets streams, changes settings, pings or opens streams to be refused faster than
+  `ControlBudget` allows (rapid reset, CVE-2023-44487) gets GOAWAY(ENHANCE_YOUR_CALM) and is closed.
 
 Hypercorn picks its HTTP/2 class from `hypercorn.protocol.H2Protocol`; `install()` points that name
 at this class (and the HTTP/1.1 name at api/h1.py's).
@@ -43,7 +43,8 @@ ErrorCodes = h2.errors.ErrorCodes
 
 class ControlBudget:
     """A token bucket for frames that cost the server work but answer nothing a client needs in
-    bulk: RST_STREAM from the client, SETTINGS and PING. `burst` at once, `rate` a second after."""
+    bulk: RST_STREAM from the client, SETTINGS, PING, and streams the edge had to refuse.
+    `burst` at once, `rate` a second after."""
 
     def __init__(self, burst: float = 200, rate: float = 100) -> None:
         self.burst = burst
@@ -123,6 +124,9 @@ class EdgeH2Protocol(H2Protocol):
         for event in events:
             if isinstance(event, h2.events.RequestReceived):
                 if not self._accept(event.stream_id):
+                    if not self.budget.spend():  # streams opened only to be refused cost too
+                        await self._calm_down()
+                        return
                     continue
             elif isinstance(event, h2.events.DataReceived) and event.stream_id not in self.streams:
                 self._refuse_rest_of_body(event)

@@ -27,7 +27,7 @@ from tests.support.h2client import H2Client
 
 ErrorCodes = h2.errors.ErrorCodes
 LIMIT = 4
-IDLE_S = 1.0
+IDLE_S = 3.0  # long enough for a test's steps on a loaded machine, short enough to wait for
 JSON = {"content-type": "application/json", "content-length": "26"}
 BODY_START, BODY_END = b'{"image": ', b'"no-such-image"}'  # 26 bytes: answered 4xx once complete
 
@@ -84,7 +84,7 @@ def finish(client: H2Client, stream_id: int) -> int | None:
 
 
 def goaway(client: H2Client) -> tuple[int, int]:
-    assert client.read_until(lambda: client.goaway is not None, timeout=5), "no GOAWAY"
+    assert client.read_until(lambda: client.goaway is not None, timeout=10), "no GOAWAY"
     assert client.goaway is not None
     return client.goaway.error_code, client.goaway.last_stream_id
 
