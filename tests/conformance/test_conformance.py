@@ -50,6 +50,20 @@ def _sandbox_missing() -> str | None:
     return None
 
 
+def _vm_runner(images: ImageLocator) -> Runner:
+    from worker.vm import VmRunner
+
+    return VmRunner(images, slots=2, cache_dir=load_settings().cache_dir)
+
+
+def _vm_missing() -> str | None:
+    if os.geteuid() != 0:
+        return "the vm runner needs root (it drops QEMU to an unprivileged uid)"
+    if shutil.which("qemu-system-x86_64") is None:
+        return "qemu-system-x86 is not installed"
+    return None
+
+
 @dataclass(frozen=True)
 class RunnerKind:
     factory: Callable[[ImageLocator], Runner]
@@ -57,7 +71,10 @@ class RunnerKind:
     host_visible: bool  # the program's processes are processes of this host
 
 
-RUNNERS = {"sandbox": RunnerKind(_sandbox_runner, _sandbox_missing, host_visible=True)}
+RUNNERS = {
+    "sandbox": RunnerKind(_sandbox_runner, _sandbox_missing, host_visible=True),
+    "vm": RunnerKind(_vm_runner, _vm_missing, host_visible=False),
+}
 
 
 @dataclass(frozen=True)

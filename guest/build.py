@@ -1,0 +1,197 @@
+"""Build the microVM guest: Debian's cloud kernel and our initramfs, cached by their inputs.
+
+The kernel comes from its .deb (`apt-get download` + `dpkg -x`, never installed into the host's
+/boot). The initramfs holds busybox-static (with its applet links), crun and the shared libraries
+ldd finds for it, tini-static, our init (guest/init.sh) and the kernel modules the guest needs,
+resolved with their dependencies through the `modules.dep` that `depmod -b` writes. It is an
+uncompressed newc cpio: under TCG decompressing costs more than copying.
+
+Builds live in `<cache_dir>/guest/<key>/`, the key hashing every input (package versions, the init
+script, the module list), so a second build with the same inputs only computes the key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+INIT_SCRIPT = Path(__file__).with_name("init.sh")
+KERNEL_META = "linux-image-cloud-amd64"  # depends on the current linux-image-<version>-cloud-amd64
+# What the init needs beyond the kernel's built-ins; dependencies (virtio, virtio_ring, ...) are added.
+MODULES = ("virtio_mmio", "virtio_blk", "erofs")
+PROGRAMS = {"busybox-static": "/bin/busybox", "crun": "/usr/bin/crun", "tini": "/usr/bin/tini-static"}
+DIRECTORIES = ("bin", "dev", "etc", "lib/modules", "mnt", "proc", "run", "sys", "tmp")
+BUILD_FORMAT = 1  # bump when the layout of a build changes
+
+
+class GuestBuildError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Guest:
+    key: str
+    kernel: Path
+    initrd: Path
+
+
+def _run(*command: str, cwd: Path | None = None) -> str:
+    done = subprocess.run(command, cwd=cwd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise GuestBuildError(f"{' '.join(command)} failed: {done.stderr.strip()[-800:]}")
+    return done.stdout
+
+
+def _installed_version(package: str) -> str:
+    done = subprocess.run(["dpkg-query", "-W", "-f=${Version}", package], capture_output=True, text=True)
+    if done.returncode != 0 or not done.stdout:
+        raise GuestBuildError(f"the Debian package {package} is not installed (scripts/install installs it)")
+    return done.stdout
+
+
+def kernel_package() -> tuple[str, str]:
+    """(name, candidate version) of the cloud kernel package the metapackage points at now."""
+    depends = _run("apt-cache", "depends", KERNEL_META)
+    found = re.search(r"Depends: (linux-image-\S+-cloud-amd64)", depends)
+    if found is None:
+        raise GuestBuildError(f"no kernel package found behind {KERNEL_META} (run apt-get update)")
+    name = found.group(1)
+    policy = _run("apt-cache", "policy", name)
+    version = re.search(r"Candidate: (\S+)", policy)
+    if version is None or version.group(1) == "(none)":
+        raise GuestBuildError(f"{name} has no installable version")
+    return name, version.group(1)
+
+
+def inputs() -> dict:
+    """Everything a build depends on; its hash is the build's key."""
+    return {
+        "format": BUILD_FORMAT,
+        "kernel": kernel_package(),
+        "packages": {package: _installed_version(package) for package in PROGRAMS},
+        "init": hashlib.sha256(INIT_SCRIPT.read_bytes()).hexdigest(),
+        "modules": MODULES,
+    }
+
+
+def guest_key(described: dict) -> str:
+    return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def ensure_guest(cache_dir: Path, progress: Callable[[str], None] = lambda line: None) -> Guest:
+    """The guest for the current inputs, built first if it is not in the cache."""
+    described = inputs()
+    key = guest_key(described)
+    final = cache_dir / "guest" / key
+    guest = Guest(key, final / "vmlinuz", final / "initrd.cpio")
+    if guest.kernel.is_file() and guest.initrd.is_file():
+        return guest
+    final.parent.mkdir(parents=True, exist_ok=True)
+    os.chmod(final.parent, 0o755)  # QEMU runs as an unprivileged uid and opens the kernel and initrd
+    with tempfile.TemporaryDirectory(dir=final.parent, prefix=".build-") as scratch:
+        work = Path(scratch)
+        out = work / "out"
+        out.mkdir()
+        name, version = described["kernel"]
+        progress(f"downloading {name} {version}")
+        _run("apt-get", "download", f"{name}={version}", cwd=work)
+        [deb] = work.glob("linux-image-*.deb")
+        progress(f"unpacking {deb.name}")
+        kernel_root = work / "kernel"
+        _run("dpkg", "-x", str(deb), str(kernel_root))
+        [vmlinuz] = (kernel_root / "boot").glob("vmlinuz-*")
+        release = vmlinuz.name.removeprefix("vmlinuz-")
+        _run("depmod", "-b", str(kernel_root), release)
+        modules = resolve_modules(kernel_root / "lib/modules" / release, MODULES)
+        progress(f"kernel {release}; modules in load order: {', '.join(m.stem for m in modules)}")
+        root = work / "root"
+        make_root(root, modules)
+        progress("writing the initramfs")
+        with (out / "initrd.cpio").open("wb") as initrd:
+            listing = subprocess.run(["find", "."], cwd=root, capture_output=True, check=True).stdout
+            subprocess.run(
+                ["cpio", "--quiet", "-o", "-H", "newc", "--owner", "0:0", "--reproducible"],
+                cwd=root, input=listing, stdout=initrd, check=True,
+            )  # fmt: skip
+        shutil.copyfile(vmlinuz, out / "vmlinuz")
+        (out / "inputs.json").write_text(json.dumps(described, indent=1) + "\n")
+        for path in out.iterdir():
+            path.chmod(0o644)
+        out.chmod(0o755)
+        if final.exists():  # a concurrent build finished first
+            shutil.rmtree(final)
+        out.rename(final)
+    progress(f"guest {key}: {guest.initrd.stat().st_size >> 10} KiB initramfs, kernel {release}")
+    return guest
+
+
+def resolve_modules(module_dir: Path, wanted: tuple[str, ...]) -> list[Path]:
+    """The .ko files of `wanted` and their dependencies, each after the modules it needs;
+    modules built into the kernel are left out."""
+    depends: dict[str, list[str]] = {}
+    for line in (module_dir / "modules.dep").read_text().splitlines():
+        path, _, needs = line.partition(":")
+        depends[path] = needs.split()
+    by_name = {_module_name(path): path for path in depends}
+    builtin = {_module_name(p) for p in (module_dir / "modules.builtin").read_text().split()}
+    ordered: list[str] = []
+
+    def add(path: str) -> None:
+        if path in ordered:
+            return
+        for need in reversed(depends[path]):  # modules.dep lists the deepest dependency last
+            add(need)
+        ordered.append(path)
+
+    for name in wanted:
+        if name in builtin:
+            continue
+        if name not in by_name:
+            raise GuestBuildError(f"the kernel has no module {name}")
+        add(by_name[name])
+    return [module_dir / path for path in ordered]
+
+
+def _module_name(path: str) -> str:
+    return Path(path).name.split(".ko")[0].replace("-", "_")
+
+
+def make_root(root: Path, modules: list[Path]) -> None:
+    """The initramfs tree: programs, their libraries, modules, the init and a console node."""
+    for directory in DIRECTORIES:
+        (root / directory).mkdir(parents=True, exist_ok=True)
+    os.mknod(root / "dev/console", 0o600 | 0o020000, os.makedev(5, 1))
+    for package, path in PROGRAMS.items():
+        if path not in _run("dpkg", "-L", package).split():
+            raise GuestBuildError(f"{package} does not ship {path}")
+        shutil.copy(path, root / "bin" / Path(path).name)
+        for library in _libraries(path):
+            target = root / library.lstrip("/")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(library, target)
+    applets = _run(str(root / "bin/busybox"), "--list").split()
+    for applet in applets:
+        if not (root / "bin" / applet).exists():
+            (root / "bin" / applet).symlink_to("busybox")
+    for module in modules:
+        shutil.copy(module, root / "lib/modules" / module.name)
+    (root / "etc/pe-modules").write_text("".join(f"{m.name}\n" for m in modules))
+    shutil.copy(INIT_SCRIPT, root / "init")
+    (root / "init").chmod(0o755)
+
+
+def _libraries(program: str) -> list[str]:
+    """The shared objects `program` loads (ldd), the dynamic loader included; none when static."""
+    done = subprocess.run(["ldd", program], capture_output=True, text=True)
+    if done.returncode != 0:  # "not a dynamic executable"
+        return []
+    found = re.findall(r"(/\S+) \(0x", done.stdout)
+    return [path for path in found if os.path.isfile(path)]

@@ -1,0 +1,88 @@
+#!/bin/sh
+# PID 1 of the microVM guest (busybox sh). One run, then power off; see docs/vm.md.
+#
+# Block devices are found by their virtio serial: pe-image (the image's erofs, read-only), pe-input
+# (a newc cpio: run.env, config.json, stdin, work/...) and pe-output (raw, written here as a newc cpio:
+# status, stdout, stderr, crun.log, work/...). The host reads only the output device, after poweroff.
+export PATH=/bin
+
+# crun's pivot_root cannot leave the initramfs (rootfs): move everything to a tmpfs first.
+if [ ! -e /.pe-tmpfs ]; then
+  mkdir /newroot && mount -t tmpfs -o mode=0755 root /newroot
+  for entry in /*; do
+    [ "$entry" = /newroot ] || cp -a "$entry" /newroot/
+  done
+  touch /newroot/.pe-tmpfs
+  exec switch_root /newroot /init
+fi
+mount -t devtmpfs dev /dev
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+
+fail() {
+  echo "pe-init: error: $*"
+  poweroff -f
+}
+
+while read -r module; do
+  insmod "/lib/modules/$module" || fail "insmod $module"
+done < /etc/pe-modules
+
+for block in /sys/block/vd*; do
+  [ -e "$block/serial" ] && ln -s "/dev/${block##*/}" "/dev/$(cat "$block/serial")"
+done
+for device in pe-image pe-input pe-output; do
+  [ -b "/dev/$device" ] || fail "no $device block device"
+done
+
+mkdir -p /run/in /run/out/work /mnt/image /run/bundle
+cd /run/in && cpio -i -d < /dev/pe-input 2> /dev/null || fail "cannot read the input archive"
+. /run/in/run.env
+mount -t erofs -o ro /dev/pe-image /mnt/image || fail "cannot mount the image"
+mount -t tmpfs -o "size=$PE_WORK_BYTES,mode=0755" work /run/out/work || fail "cannot mount /work"
+[ -d /run/in/work ] && cp -a /run/in/work/. /run/out/work/
+chown -R "$PE_UID:$PE_UID" /run/out/work
+cp /run/in/config.json /run/bundle/config.json
+
+# The run's cgroup: crun puts the container in pe/run; the limits and counters are pe's.
+mount -t cgroup2 cgroup2 /sys/fs/cgroup
+echo "+cpu +memory +pids" > /sys/fs/cgroup/cgroup.subtree_control
+mkdir /sys/fs/cgroup/pe
+echo "$PE_MEMORY_BYTES" > /sys/fs/cgroup/pe/memory.max
+echo "$PE_PIDS" > /sys/fs/cgroup/pe/pids.max
+
+# Each stream is cut one byte past its cap, so the host can tell that the cap was passed; the
+# program then gets SIGPIPE, as it would be killed by the sandbox runner.
+mkfifo /run/stdout.fifo /run/stderr.fifo
+head -c "$((PE_STREAM_BYTES + 1))" < /run/stdout.fifo > /run/out/stdout &
+stdout_pid=$!
+head -c "$((PE_STREAM_BYTES + 1))" < /run/stderr.fifo > /run/out/stderr &
+stderr_pid=$!
+
+echo "pe-init: running"  # the host starts its run deadline here
+read -r started _ < /proc/uptime
+crun --log=/run/out/crun.log run --bundle /run/bundle pe < /run/in/stdin > /run/stdout.fifo 2> /run/stderr.fifo &
+crun_pid=$!
+(sleep "$PE_WALL_S" && echo 1 > /run/out/timedout && crun kill pe KILL) &
+watchdog_pid=$!
+wait "$crun_pid"
+returncode=$?
+read -r ended _ < /proc/uptime
+kill "$watchdog_pid" 2> /dev/null
+wait "$stdout_pid" "$stderr_pid"
+
+{
+  echo "returncode=$returncode"
+  echo "started=$started"
+  echo "ended=$ended"
+  echo "timedout=$(cat /run/out/timedout 2> /dev/null || echo 0)"
+  echo "cpu_usec=$(sed -n 's/^usage_usec //p' /sys/fs/cgroup/pe/cpu.stat)"
+  echo "peak_bytes=$(cat /sys/fs/cgroup/pe/memory.peak)"
+  echo "oom_kill=$(sed -n 's/^oom_kill //p' /sys/fs/cgroup/pe/memory.events)"
+} > /run/out/status
+
+cd /run/out && find status stdout stderr crun.log work | cpio -o -H newc > /dev/pe-output 2> /dev/null \
+  || echo "pe-init: error: the output device is full"
+sync
+echo "pe-init: done"
+poweroff -f

@@ -1,0 +1,430 @@
+"""The `vm` runner: each run in a fresh QEMU microvm guest, which runs the program with crun.
+
+Per run: a directory holding the input device (a newc cpio: run.env, config.json from guest/oci.py,
+stdin, work/...) and a sparse output device the guest init writes a cpio to; QEMU gets them, the
+image's erofs, the kernel and the initramfs as inherited file descriptors, and runs as an
+unprivileged uid in its own namespaces with `-sandbox on`, no network and no default devices.
+The guest's console is read as it comes: "pe-init: running" starts the run's host-side deadline
+(the wall limit itself is enforced inside the guest from the program's start, so boot is not
+charged); before it, a boot deadline applies. See docs/vm.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from catalog.store import ImageLocation
+from guest.build import Guest, ensure_guest
+from guest.oci import ID_COUNT, oci_config, seccomp_profile
+from wire.cpio import CpioError, file_entry, iter_archive, iter_entries
+from wire.errors import WireError
+from wire.paths import normalize_path
+from wire.result import RunOutput
+from wire.spec import MAX_FILES, Limits
+from worker.cgroups import Usage
+from worker.process import Captured, Stop
+from worker.runner import ImageLocator, Job, error_output
+from worker.sandbox import _output
+from worker.workdir import collect_outputs
+
+log = logging.getLogger("pe.worker.vm")
+
+RUN_DIR = Path("/run/pe/vm")
+QEMU_UID_BASE = 190_000  # slot N's QEMU runs as host uid QEMU_UID_BASE + N
+GUEST_ID_BASE = 100_000  # slot N's container root is guest uid GUEST_ID_BASE + N * 65536
+GUEST_MIB = 160  # guest memory beyond the run's limit: kernel, initramfs, crun, page cache
+BOOT_TIMEOUT_S = 30.0  # from QEMU's start to "pe-init: running" (TCG boots in about 1.5 s)
+TEARDOWN_S = 10.0  # after the wall limit, for the guest to kill, pack and power off
+PROBE_TIMEOUT_S = 5.0  # a KVM boot takes well under a second; nested KVM can hang
+CONSOLE_BYTES = 16 << 10  # the console tail kept for error messages
+RUNNING = b"pe-init: running"
+INIT_SOURCE = "/bin/tini-static"  # in the initramfs (guest/build.py)
+SECTOR = 512
+_accel_probe: dict[str, str] = {}
+
+
+@dataclass
+class _Started:
+    guest: Guest
+    accel: str
+    seccomp: dict
+
+
+@dataclass
+class _Console:
+    text: bytearray
+    running: bool = False
+
+    def tail(self, lines: int = 12) -> str:
+        shown = self.text.decode(errors="replace").replace("\r", "").strip().splitlines()
+        return " | ".join(shown[-lines:])
+
+
+class VmRunner:
+    name = "vm"
+
+    def __init__(
+        self,
+        images: ImageLocator,
+        slots: int,
+        *,
+        cache_dir: Path,
+        accel: str = "auto",
+        run_dir: Path = RUN_DIR,
+        qemu: str = "qemu-system-x86_64",
+        boot_timeout_s: float = BOOT_TIMEOUT_S,
+        uid_base: int = QEMU_UID_BASE,
+    ) -> None:
+        """`accel` is "kvm", "tcg" or "auto" (KVM when a bounded probe boot works, else TCG).
+        The guest (kernel + initramfs) is built into `cache_dir` on first use."""
+        self.images = images
+        self.cache_dir = Path(cache_dir)
+        self.accel = accel
+        self.run_dir = Path(run_dir)
+        self.qemu = qemu
+        self.boot_timeout_s = boot_timeout_s
+        self.uid_base = uid_base
+        self._slots = asyncio.Semaphore(slots)
+        self._free = list(range(slots))
+        self._start: asyncio.Future[_Started] | None = None
+
+    async def start(self) -> None:
+        """Build or find the guest and choose the accelerator; raises when the host cannot run VMs."""
+        await self._started()
+
+    async def _started(self) -> _Started:
+        if self._start is None:
+            self._start = asyncio.ensure_future(self._setup())
+        try:
+            return await asyncio.shield(self._start)
+        except Exception:
+            self._start = None
+            raise
+
+    async def _setup(self) -> _Started:
+        missing = [tool for tool in (self.qemu, "unshare", "setpriv") if shutil.which(tool) is None]
+        if missing:
+            raise RuntimeError(f"missing on this host: {', '.join(missing)} (Debian: qemu-system-x86)")
+        if os.geteuid() != 0:
+            raise RuntimeError("the vm runner needs root (it drops QEMU to an unprivileged uid)")
+        guest = await asyncio.to_thread(
+            ensure_guest, self.cache_dir, lambda line: log.info("guest: %s", line)
+        )
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        accel = self.accel if self.accel != "auto" else await self._probe_accel(guest)
+        log.info("vm runner started: guest %s, accel %s", guest.key, accel)
+        return _Started(guest, accel, seccomp_profile())
+
+    async def _probe_accel(self, guest: Guest) -> str:
+        """ "kvm" when a KVM guest boots as far as our init within PROBE_TIMEOUT_S, else "tcg".
+        Without devices the init stops at once ("no pe-image block device") and powers off."""
+        if guest.key in _accel_probe:
+            return _accel_probe[guest.key]
+        accel = "tcg"
+        if os.access("/dev/kvm", os.R_OK | os.W_OK):
+            with tempfile.TemporaryDirectory(dir=self.run_dir) as scratch:
+                booted = await self._boot(guest, "kvm", Path(scratch), 256, [], PROBE_TIMEOUT_S, 0)
+            if b"pe-init:" in booted[1].text:
+                accel = "kvm"
+            else:
+                log.warning("/dev/kvm is there but a KVM guest did not boot: using TCG")
+        _accel_probe[guest.key] = accel
+        return accel
+
+    async def close(self) -> None:
+        self._start = None
+
+    async def run(self, job: Job) -> RunOutput:
+        try:
+            state = await self._started()
+        except Exception as error:
+            log.error("vm runner cannot start: %s", error, extra={"run_id": job.id})
+            return error_output(job, f"the vm runner cannot start: {error}")
+        if not job.argv:
+            return error_output(job, "nothing to run: the spec has no argv and the image no command")
+        async with self._slots:
+            slot = self._free.pop()
+            scratch = Path(tempfile.mkdtemp(prefix="run-", dir=self.run_dir))
+            try:
+                return await self._run(state, job, slot, scratch)
+            except Exception as error:
+                log.exception("vm run failed: %s", error, extra={"run_id": job.id})
+                return error_output(job, f"the vm failed: {error}")
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)
+                self._free.append(slot)
+
+    async def _run(self, state: _Started, job: Job, slot: int, scratch: Path) -> RunOutput:
+        limits = job.spec.limits
+        try:
+            location = self.images.locate(job.image_digest)
+        except LookupError as error:
+            return error_output(job, str(error))
+        input_path = scratch / "input.cpio"
+        _write_padded(input_path, iter_archive(self._input_entries(state, job, location, slot)))
+        output_path = scratch / "output.img"
+        with output_path.open("wb") as output:
+            output.truncate(_round_up(_output_device_bytes(limits), SECTOR))
+        devices = [
+            ("pe-image", location.file, True),
+            ("pe-input", input_path, True),
+            ("pe-output", output_path, False),
+        ]
+        memory_mib = limits.memory_mib + GUEST_MIB
+        returncode, console = await self._boot(
+            state.guest, state.accel, scratch, memory_mib, devices, self.boot_timeout_s, slot,
+            run_timeout_s=limits.wall_ms / 1000 + TEARDOWN_S,
+        )  # fmt: skip
+        return _result(job, output_path, scratch / "outputs", returncode, console)
+
+    def _input_entries(self, state: _Started, job: Job, location: ImageLocation, slot: int) -> list:
+        limits = job.spec.limits
+        id_base = GUEST_ID_BASE + slot * ID_COUNT
+        config = oci_config(
+            root="/mnt/image/" + location.root if location.root else "/mnt/image",
+            argv=job.argv,
+            env=job.spec.env,
+            limits=limits,
+            work_source="/run/out/work",
+            id_base=id_base,
+            init_source=INIT_SOURCE,
+            cgroups_path="/pe/run",
+            seccomp=state.seccomp,
+        )
+        env = {
+            "PE_WALL_S": f"{limits.wall_ms / 1000:.3f}",
+            "PE_STREAM_BYTES": limits.stream_bytes,
+            "PE_MEMORY_BYTES": limits.memory_mib << 20,
+            "PE_WORK_BYTES": limits.memory_mib << 20,
+            "PE_PIDS": limits.pids,
+            "PE_UID": id_base,
+        }
+        entries = [
+            file_entry("run.env", "".join(f"{k}={v}\n" for k, v in env.items()).encode()),
+            file_entry("config.json", json.dumps(config).encode()),
+            file_entry("stdin", job.spec.stdin),
+        ]
+        entries += [file_entry(f"work/{path}", data) for path, data in job.spec.files]
+        return entries
+
+    async def _boot(
+        self,
+        guest: Guest,
+        accel: str,
+        scratch: Path,
+        memory_mib: int,
+        devices: Sequence[tuple[str, Path, bool]],
+        boot_timeout_s: float,
+        slot: int,
+        run_timeout_s: float = 0.0,
+    ) -> tuple[int | None, _Console]:
+        """Run one guest to its end: (QEMU's exit status or None when it was killed, the console)."""
+        files = [os.open(guest.kernel, os.O_RDONLY), os.open(guest.initrd, os.O_RDONLY)]
+        args = [
+            "-M", "microvm,isa-serial=on", "-accel", accel, "-cpu", "host" if accel == "kvm" else "max",
+            "-smp", "1", "-m", str(memory_mib), "-nodefaults", "-no-user-config", "-display", "none",
+            "-serial", "stdio", "-monitor", "none", "-no-reboot", "-sandbox", "on",
+            "-kernel", f"/proc/self/fd/{files[0]}", "-initrd", f"/proc/self/fd/{files[1]}",
+            "-append", kernel_command_line(accel),
+        ]  # fmt: skip
+        try:
+            for number, (serial, path, readonly) in enumerate(devices, start=1):
+                # QEMU also opens a writable device read-only (for its lock): the set holds both.
+                for mode in (os.O_RDONLY,) if readonly else (os.O_RDONLY, os.O_RDWR):
+                    files.append(os.open(path, mode))
+                    args += ["-add-fd", f"fd={files[-1]},set={number}"]
+                drive = f"file=/dev/fdset/{number},if=none,id={serial},format=raw"
+                args += ["-drive", drive + (",readonly=on" if readonly else "")]
+                args += ["-device", f"virtio-blk-device,drive={serial},serial={serial}"]
+            uid = self.uid_base + slot
+            command = [
+                "unshare", "--net", "--ipc", "--uts", "--mount", "--pid", "--fork",
+                "setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--inh-caps=-all",
+                self.qemu, *args,
+            ]  # fmt: skip
+            process = await asyncio.create_subprocess_exec(
+                *command,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                pass_fds=files,
+                start_new_session=True,
+                cwd=scratch,
+            )
+        finally:
+            for fd in files:
+                os.close(fd)
+        console = _Console(bytearray())
+        try:
+            await _read_console(process, console, boot_timeout_s, run_timeout_s)
+            return await process.wait(), console
+        except TimeoutError:
+            return None, console
+        finally:
+            if process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                await process.wait()
+
+
+async def _read_console(
+    process: asyncio.subprocess.Process, console: _Console, boot_timeout_s: float, run_timeout_s: float
+) -> None:
+    """Read the console to its end; TimeoutError when the boot or the run overruns its deadline."""
+    assert process.stdout is not None
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + boot_timeout_s
+    while True:
+        chunk = await asyncio.wait_for(process.stdout.read(4096), max(0.0, deadline - loop.time()))
+        if not chunk:
+            return
+        console.text += chunk
+        del console.text[:-CONSOLE_BYTES]
+        if not console.running and RUNNING in console.text:
+            console.running = True
+            deadline = loop.time() + run_timeout_s
+
+
+def kernel_command_line(accel: str) -> str:
+    """Under TCG the guest kernel's TSC calibration against the emulated PIT fails when the host is
+    busy, and the boot then hangs; TCG's TSC is the host's, so its frequency is given instead."""
+    line = "console=ttyS0 quiet panic=-1"
+    if accel == "tcg":
+        mhz = host_cpu_mhz()
+        if mhz:
+            line += f" tsc_early_khz={round(mhz * 1000)}"
+    return line
+
+
+def host_cpu_mhz() -> float | None:
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("cpu MHz"):
+                return float(line.partition(":")[2])
+    return None
+
+
+def _output_device_bytes(limits: Limits) -> int:
+    """Room for all of /work (a tmpfs of the memory limit), both capped streams and the headers."""
+    return (limits.memory_mib << 20) + 2 * (limits.stream_bytes + 1) + (4 << 20)
+
+
+def _round_up(n: int, unit: int) -> int:
+    return -(-n // unit) * unit
+
+
+def _write_padded(path: Path, chunks) -> None:
+    """A device image: the chunks, zero-padded to whole sectors (a block device has no partial one)."""
+    size = 0
+    with path.open("wb") as f:
+        for chunk in chunks:
+            f.write(chunk)
+            size += len(chunk)
+        f.write(bytes(_round_up(size, SECTOR) - size))
+
+
+@dataclass
+class _GuestReport:
+    status: dict[str, str]
+    stdout: bytes
+    stderr: bytes
+    crun_log: str
+    notes: list[str]
+
+
+def _read_output_device(path: Path, work: Path) -> _GuestReport:
+    """The guest's archive: its status, streams and log, and /work extracted under `work` (regular
+    files and directories with valid names only; collect_outputs then reads them like the sandbox's)."""
+    report = _GuestReport({}, b"", b"", "", [])
+    work.mkdir()
+
+    def chunks():
+        with path.open("rb") as f:
+            while chunk := f.read(1 << 20):
+                yield chunk
+
+    try:
+        for entry in iter_entries(chunks(), max_entry_bytes=path.stat().st_size):
+            if entry.name == "status":
+                report.status = dict(
+                    line.split("=", 1) for line in entry.data.decode().splitlines() if "=" in line
+                )
+            elif entry.name in ("stdout", "stderr"):
+                setattr(report, entry.name, entry.data)
+            elif entry.name == "crun.log":
+                report.crun_log = entry.data[:4096].decode(errors="replace").strip()
+            elif entry.name.startswith("work/"):
+                _extract(work, entry.name.removeprefix("work/"), entry, report.notes)
+    except CpioError as error:
+        report.notes.append(f"the guest's output archive is cut short ({error.message})")
+    return report
+
+
+def _extract(work: Path, name: str, entry, notes: list[str]) -> None:
+    try:
+        path = normalize_path(name)
+    except WireError:
+        notes.append(f"left out an output with an invalid name: {name!r}")
+        return
+    target = work / path
+    if entry.is_dir:
+        target.mkdir(parents=True, exist_ok=True)
+    elif entry.is_file:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(entry.data)
+    else:
+        notes.append(f"left out {name!r}: not a regular file")
+
+
+def _result(job: Job, device: Path, work: Path, returncode: int | None, console: _Console) -> RunOutput:
+    limits = job.spec.limits
+    report = _read_output_device(device, work)
+    status = report.status
+    if "returncode" not in status:
+        if returncode is None and not console.running:
+            why = f"the guest did not boot within its deadline; console: {console.tail()}"
+        elif returncode is None:
+            why = (
+                f"the guest did not finish within {limits.wall_ms} ms plus {TEARDOWN_S:.0f} s; "
+                f"console: {console.tail()}"
+            )
+        elif b"Kernel panic" in console.text:
+            why = f"the guest kernel panicked: {console.tail()}"
+        else:
+            why = f"the guest stopped before the run finished (QEMU exit {returncode}): {console.tail()}"
+        log.warning("vm run failed: %s", why, extra={"run_id": job.id})
+        return error_output(job, why)
+    cap = limits.stream_bytes
+    overflow = next((name for name in ("stdout", "stderr") if len(getattr(report, name)) > cap), "")
+    stopped = Stop.TIMEOUT if status.get("timedout") == "1" else Stop.OUTPUT_LIMIT if overflow else None
+    captured = Captured(
+        returncode=int(status["returncode"]),
+        stdout=report.stdout[:cap],
+        stderr=report.stderr[:cap],
+        stdout_truncated=len(report.stdout) > cap,
+        stderr_truncated=len(report.stderr) > cap,
+        wall_ms=(float(status["ended"]) - float(status["started"])) * 1000,
+        stopped=stopped,
+        overflow=overflow,
+    )
+    usage = Usage(
+        cpu_ms=int(status.get("cpu_usec") or 0) / 1000,
+        peak_kib=int(status.get("peak_bytes") or 0) >> 10,
+        oom_events=int(status.get("oom_kill") or 0),
+    )
+    inputs = dict(job.spec.files)
+    outputs = collect_outputs(
+        work, inputs, total_bytes=limits.output_bytes, max_files=MAX_FILES, globs=job.outputs
+    )
+    outputs.notes.extend(report.notes)
+    return _output(job, captured, usage, outputs, report.crun_log)
