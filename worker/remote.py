@@ -12,10 +12,10 @@ uploads only while the lease may still hold: after that the edge has queued the 
 
 A draining edge first stops taking new streams on the connection (SETTINGS_MAX_CONCURRENT_STREAMS=0;
 httpx then fails new requests with LocalProtocolError), and sends GOAWAY once the streams it took are
-answered; httpx opens a new connection for the requests after that. Caveat: httpx fails every stream
-still waiting for its answer when a GOAWAY arrives, even those the edge promised to answer. A pull the
-edge answered with a job on such a stream is lost to the worker; the job runs elsewhere once its
-lease expires.
+answered: the worker sends its next requests over a new connection at once (`_leave`). Caveat: httpx
+fails every stream still waiting for its answer when a GOAWAY arrives, even those the edge promised to
+answer. A pull the edge answered with a job on such a stream is lost to the worker; the job runs
+elsewhere once its lease expires.
 """
 
 from __future__ import annotations
@@ -89,18 +89,31 @@ class EdgeSource:
         self.images = ImageCache(images_dir, images_bytes, self.download)
         self.wait_s = wait_s
         self.running: Callable[[], int] = lambda: 0  # set by whoever runs the jobs, for the edge's view
-        self.http = httpx.AsyncClient(
-            base_url=edge_url.rstrip("/"),
-            http1=False,  # HTTP/2 only: prior knowledge on http://, ALPN h2 on https://
-            http2=True,
-            headers={"Authorization": f"Bearer {token}"},
-            timeout=httpx.Timeout(CONNECT_TIMEOUT_S, read=wait_s + 10, write=UPLOAD_TIMEOUT_S, pool=None),
-        )
+        self.edge_url = edge_url.rstrip("/")
+        self.token = token
+        self.http = self._client()
+        self._leaving: set[asyncio.Task[None]] = set()  # closing clients whose connection is draining
         self._expires: dict[str, float] = {}  # lease token → when (monotonic) the lease runs out
         self._down_since: float | None = None  # when the edge stopped answering
         self._connected = False
 
+    def _client(self) -> httpx.AsyncClient:
+        """A client with one HTTP/2 connection to the edge (opened by its first request)."""
+        return httpx.AsyncClient(
+            base_url=self.edge_url,
+            http1=False,  # HTTP/2 only: prior knowledge on http://, ALPN h2 on https://
+            http2=True,
+            headers={"Authorization": f"Bearer {self.token}"},
+            timeout=httpx.Timeout(
+                CONNECT_TIMEOUT_S, read=self.wait_s + 10, write=UPLOAD_TIMEOUT_S, pool=None
+            ),
+            event_hooks={"request": [self._traced]},
+        )
+
     async def aclose(self) -> None:
+        for closing in self._leaving:
+            closing.cancel()
+        await asyncio.gather(*self._leaving, return_exceptions=True)
         await self.http.aclose()
 
     # JobSource
@@ -215,10 +228,13 @@ class EdgeSource:
         SourceRefused; other errors EdgeError, as does a failure after `until`."""
         failures = 0
         while True:
+            client = self.http  # the one `request` uses
             try:
                 response = await request()
             except httpx.TransportError as error:  # refused, reset, GOAWAY, REFUSED_STREAM, timeout
                 why = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+                if isinstance(error, httpx.LocalProtocolError) and client is self.http:
+                    self._leave(client)
             else:
                 if response.status_code != 503:
                     self._up()
@@ -233,6 +249,32 @@ class EdgeSource:
                 raise EdgeError(f"{what}: the edge did not answer while the lease held ({why})")
             log.debug("%s: retrying in %.2f s: %s", what, delay, why)
             await asyncio.sleep(delay)
+
+    def _leave(self, client: httpx.AsyncClient) -> None:
+        """The connection takes no new streams: a draining edge sets SETTINGS_MAX_CONCURRENT_STREAMS to
+        0, and sends GOAWAY only once the streams it took are answered. httpx would keep trying it (and
+        reads the GOAWAY only while a request waits for an answer on it), so new requests go over a
+        new client; the old one is closed once its long polls are over."""
+        self.http = self._client()
+
+        async def close_later() -> None:
+            try:
+                await asyncio.sleep(self.wait_s + 10)
+            finally:
+                await client.aclose()
+
+        closing = asyncio.create_task(close_later(), name="close-draining-connection")
+        self._leaving.add(closing)
+        closing.add_done_callback(self._leaving.discard)
+
+    async def _traced(self, request: httpx.Request) -> None:
+        request.extensions["trace"] = self._trace
+
+    async def _trace(self, event: str, info: dict) -> None:
+        """httpcore's progress on a request: a new connection is up once its HTTP/2 preface is sent
+        (a long poll's answer may come much later)."""
+        if event == "http2.send_connection_init.complete":
+            self._up()
 
     def _up(self) -> None:
         if self._down_since is not None:
