@@ -45,6 +45,7 @@ chown -R "$PE_UID:$PE_UID" /run/out/work
 cp /run/in/config.json /run/bundle/config.json
 
 # The run's cgroup: crun puts the container in pe/run; the limits and counters are pe's.
+echo 1 > /proc/sys/vm/overcommit_memory  # as on a big host: the cgroup limit, not the VM's size, refuses
 mount -t cgroup2 cgroup2 /sys/fs/cgroup
 echo "+cpu +memory +pids" > /sys/fs/cgroup/cgroup.subtree_control
 mkdir /sys/fs/cgroup/pe

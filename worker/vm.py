@@ -22,15 +22,16 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from catalog.store import ImageLocation
 from guest.build import Guest, ensure_guest
 from guest.oci import ID_COUNT, oci_config, seccomp_profile
-from wire.cpio import CpioError, file_entry, iter_archive, iter_entries
+from wire.cpio import CpioError, CpioReader, Entry, EntryData, EntryEnd, EntryStart, file_entry, iter_archive
 from wire.errors import WireError
 from wire.paths import normalize_path
 from wire.result import RunOutput
-from wire.spec import MAX_FILES, Limits
+from wire.spec import MAX_FILES, MAX_INPUT_BYTES, Limits
 from worker.cgroups import Usage
 from worker.process import Captured, Stop
 from worker.runner import ImageLocator, Job, error_output
@@ -342,53 +343,81 @@ class _GuestReport:
     notes: list[str]
 
 
-def _read_output_device(path: Path, work: Path) -> _GuestReport:
+def _read_output_device(path: Path, work: Path, file_cap: int) -> _GuestReport:
     """The guest's archive: its status, streams and log, and /work extracted under `work` (regular
-    files and directories with valid names only; collect_outputs then reads them like the sandbox's)."""
+    files and directories with valid names only; collect_outputs then reads them like the sandbox's).
+    Past `file_cap` bytes a file's content is not copied, only its size kept (sparse)."""
     report = _GuestReport({}, b"", b"", "", [])
     work.mkdir()
-
-    def chunks():
-        with path.open("rb") as f:
-            while chunk := f.read(1 << 20):
-                yield chunk
-
+    reader = CpioReader(max_entry_bytes=path.stat().st_size)
+    name, size, parts, sink = "", 0, [], None
     try:
-        for entry in iter_entries(chunks(), max_entry_bytes=path.stat().st_size):
-            if entry.name == "status":
-                report.status = dict(
-                    line.split("=", 1) for line in entry.data.decode().splitlines() if "=" in line
-                )
-            elif entry.name in ("stdout", "stderr"):
-                setattr(report, entry.name, entry.data)
-            elif entry.name == "crun.log":
-                report.crun_log = entry.data[:4096].decode(errors="replace").strip()
-            elif entry.name.startswith("work/"):
-                _extract(work, entry.name.removeprefix("work/"), entry, report.notes)
+        with path.open("rb") as device:
+            while chunk := device.read(1 << 20):
+                for event in reader.feed(chunk):
+                    if isinstance(event, EntryStart):
+                        name, size, parts = event.entry.name, event.size, []
+                        sink = _extract(work, event.entry, report.notes)
+                    elif isinstance(event, EntryData):
+                        if sink is not None:
+                            sink.write(event.data[: max(0, file_cap - sink.tell())])
+                        elif name in _GUEST_FILES:
+                            parts.append(event.data)
+                    elif isinstance(event, EntryEnd):
+                        if sink is not None:
+                            sink.truncate(size)
+                            sink.close()
+                            sink = None
+                        elif name in _GUEST_FILES:
+                            _GUEST_FILES[name](report, b"".join(parts))
+                    else:
+                        return report
+        report.notes.append("the guest's output archive has no end")
     except CpioError as error:
         report.notes.append(f"the guest's output archive is cut short ({error.message})")
+    finally:
+        if sink is not None:
+            sink.close()
     return report
 
 
-def _extract(work: Path, name: str, entry, notes: list[str]) -> None:
+def _set_status(report: _GuestReport, data: bytes) -> None:
+    report.status = dict(line.split("=", 1) for line in data.decode().splitlines() if "=" in line)
+
+
+_GUEST_FILES = {
+    "status": _set_status,
+    "stdout": lambda report, data: setattr(report, "stdout", data),
+    "stderr": lambda report, data: setattr(report, "stderr", data),
+    "crun.log": lambda report, data: setattr(
+        report, "crun_log", data[:4096].decode(errors="replace").strip()
+    ),
+}
+
+
+def _extract(work: Path, entry: Entry, notes: list[str]) -> BinaryIO | None:
+    """Make `entry` under `work` if it is a directory or a file of /work; the open file to fill."""
+    if entry.name == "work" or not entry.name.startswith("work/"):
+        return None
+    name = entry.name.removeprefix("work/")
     try:
-        path = normalize_path(name)
+        target = work / normalize_path(name)
     except WireError:
         notes.append(f"left out an output with an invalid name: {name!r}")
-        return
-    target = work / path
+        return None
     if entry.is_dir:
         target.mkdir(parents=True, exist_ok=True)
     elif entry.is_file:
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(entry.data)
+        return target.open("wb")
     else:
         notes.append(f"left out {name!r}: not a regular file")
+    return None
 
 
 def _result(job: Job, device: Path, work: Path, returncode: int | None, console: _Console) -> RunOutput:
     limits = job.spec.limits
-    report = _read_output_device(device, work)
+    report = _read_output_device(device, work, limits.output_bytes + MAX_INPUT_BYTES + 1)
     status = report.status
     if "returncode" not in status:
         if returncode is None and not console.running:

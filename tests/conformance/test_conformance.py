@@ -69,11 +69,13 @@ class RunnerKind:
     factory: Callable[[ImageLocator], Runner]
     missing: Callable[[], str | None]  # why this host cannot test it, or None
     host_visible: bool  # the program's processes are processes of this host
+    startup_s: float = 0.0  # what a run may take before its program starts (a VM boots)
+    cpu_scale: float = 1.0  # how much slower CPU-bound work runs (a VM under TCG: about 25x)
 
 
 RUNNERS = {
     "sandbox": RunnerKind(_sandbox_runner, _sandbox_missing, host_visible=True),
-    "vm": RunnerKind(_vm_runner, _vm_missing, host_visible=False),
+    "vm": RunnerKind(_vm_runner, _vm_missing, host_visible=False, startup_s=10.0, cpu_scale=4.0),
 }
 
 
@@ -260,7 +262,7 @@ def test_timeout_keeps_earlier_output(runner: Harness) -> None:
     assert out.result.status == Status.TIMEOUT, out.result
     assert out.stdout == b"before\n"
     assert "1000 ms" in out.result.message and "kept" in out.result.message
-    assert 1.0 <= elapsed < 4.0
+    assert 1.0 <= elapsed < 4.0 + runner.kind.startup_s
     assert 1000 <= out.result.wall_ms < 4000
 
 
@@ -326,7 +328,10 @@ def test_file_size_is_bounded(runner: Harness) -> None:
 
 def test_disk_fill_is_bounded_by_memory(runner: Harness) -> None:
     script = "for i in $(seq 30); do dd if=/dev/zero of=f$i bs=1M count=8 2>/dev/null; done; du -sk ."
-    out = runner.run(["sh", "-c", script], limits={"memory_mib": 64, "output_bytes": 1 << 20})
+    wall_ms = round(5000 * runner.kind.cpu_scale)
+    out = runner.run(
+        ["sh", "-c", script], limits={"memory_mib": 64, "output_bytes": 1 << 20, "wall_ms": wall_ms}
+    )
     assert out.result.status in (Status.OOM, Status.EXIT), out.result
     written = sum(f.size for f in out.result.files)
     assert written <= 1 << 20
