@@ -36,6 +36,12 @@ def make_runners(settings: Settings, images: ImageStore) -> dict[str, Runner]:
             from worker.sandbox import SandboxRunner
 
             runners[kind] = SandboxRunner(images, settings.slots)
+        elif kind == "vm":
+            from worker.vm import VmRunner
+
+            runners[kind] = VmRunner(
+                images, settings.slots, cache_dir=settings.cache_dir, accel=settings.vm_accel
+            )
         else:
             raise ValueError(f"the {kind!r} runner is not available in this version")
     return runners

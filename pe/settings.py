@@ -51,6 +51,7 @@ class Settings:
     rate_runs_burst: int = 20
     rate_fresh_per_s: float = 0.1
     rate_fresh_burst: int = 5
+    vm_accel: str = "auto"
 
     @property
     def images_dir(self) -> Path:
@@ -90,6 +91,8 @@ class Settings:
                 ipaddress.ip_network(cidr)
             except ValueError as error:
                 raise ValueError(f"PE_TRUSTED_PROXIES: {error}") from None
+        if self.vm_accel not in ("auto", "kvm", "tcg"):
+            raise ValueError("PE_VM_ACCEL: expected 'auto', 'kvm' or 'tcg'")
         if self.forwarded_header not in ("x-forwarded-for", "forwarded"):
             raise ValueError("PE_FORWARDED_HEADER: expected 'x-forwarded-for' or 'forwarded'")
         for bucket in ("requests", "runs", "fresh"):
@@ -132,6 +135,7 @@ FIELD_HELP: dict[str, str] = {
     "rate_runs_burst": "runs not answered from the cache a client may start at once",
     "rate_fresh_per_s": 'fresh runs ("cache": false) per second per client (0: no limit)',
     "rate_fresh_burst": "fresh runs a client may start at once",
+    "vm_accel": "QEMU accelerator of the vm runner: kvm, tcg, or auto (KVM when a probe boot works)",
 }
 
 
