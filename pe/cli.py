@@ -62,8 +62,6 @@ def cmd_worker(args: argparse.Namespace) -> int:
     setup_logging(settings.log_level)
     if not settings.worker_token:
         sys.exit("pe worker: give the edge's worker token: --token T or PE_WORKER_TOKEN")
-    if "vm" in settings.runners:
-        sys.exit("pe worker: the vm runner is not built yet (issue 7); use --runner sandbox")
     return asyncio.run(work(settings, args.edge))
 
 

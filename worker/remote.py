@@ -309,9 +309,10 @@ def _error_text(response: httpx.Response) -> str:
 
 
 async def work(settings: Settings, edge_url: str) -> int:
-    """`pe worker`: the sandbox runner, the image cache under `<cache_dir>/worker-images`, jobs from
-    the edge at `edge_url` until SIGTERM (see `run_worker`). 1 when this host cannot run sandboxes."""
-    from worker.sandbox import SandboxRunner
+    """`pe worker`: the runners of `settings.runners` (as in `pe serve`), the image cache under
+    `<cache_dir>/worker-images`, jobs from the edge at `edge_url` until SIGTERM (see `run_worker`). 1
+    when a runner cannot start on this host."""
+    from api.server import make_runners  # the same runners as the in-process worker's
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request; ours say what matters
     source = EdgeSource(
@@ -323,14 +324,17 @@ async def work(settings: Settings, edge_url: str) -> int:
         images_bytes=settings.worker_image_cache_bytes,
         wait_s=settings.worker_wait_s,
     )
-    runner = SandboxRunner(source.images, settings.slots)
+    runners = make_runners(settings, source.images)
     try:
-        await runner.start()
-    except (RuntimeError, OSError) as error:  # SetupError, CgroupError
-        log.error("this host cannot run sandboxes: %s", error)
+        for runner in runners.values():
+            await runner.start()
+    except Exception as error:  # SetupError, CgroupError, a guest that cannot be built, …
+        log.error("the %s runner cannot start on this host: %s", runner.name, error)
+        for started in runners.values():
+            await started.close()
         await source.aclose()
         return 1
-    return await run_worker(source, {runner.name: runner})
+    return await run_worker(source, runners)
 
 
 async def run_worker(source: EdgeSource, runners: dict[str, Runner]) -> int:

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -145,3 +148,19 @@ def test_requests_on_a_draining_connection_go_to_a_new_one(
     messages = [record.getMessage() for record in caplog.records]
     assert any("Max outbound streams is 0" in message for message in messages), messages
     assert messages[-1] == "reconnected"
+
+
+def test_pe_worker_needs_the_token(tmp_path: Path) -> None:
+    env = {key: value for key, value in os.environ.items() if key != "PE_WORKER_TOKEN"}
+    command = [
+        sys.executable,
+        "-m",
+        "pe.cli",
+        "worker",
+        "--edge",
+        "http://127.0.0.1:9",
+        "--cache-dir",
+        str(tmp_path),
+    ]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 1 and "--token T or PE_WORKER_TOKEN" in done.stderr
