@@ -164,3 +164,13 @@ def test_pe_worker_needs_the_token(tmp_path: Path) -> None:
     ]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=30)
     assert done.returncode == 1 and "--token T or PE_WORKER_TOKEN" in done.stderr
+
+
+def test_pe_worker_refused_by_the_edge_exits_2(edge: Process, tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("the sandbox runner needs root")
+    command = [sys.executable, "-m", "pe.cli", "worker", "--edge", edge.url, "--token", "wrong"]
+    command += ["--cache-dir", str(tmp_path), "--slots", "1"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert "the edge refuses this worker: unauthorized" in done.stderr
