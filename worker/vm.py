@@ -47,6 +47,7 @@ GUEST_MIB = 160  # guest memory beyond the run's limit: kernel, initramfs, crun,
 BOOT_TIMEOUT_S = 30.0  # from QEMU's start to "pe-init: running" (TCG boots in about 1.5 s)
 TEARDOWN_S = 10.0  # after the wall limit, for the guest to kill, pack and power off
 PROBE_TIMEOUT_S = 5.0  # a KVM boot takes well under a second; nested KVM can hang
+KILL_WAIT_S = 10.0  # for a killed QEMU to exit (freeing guest memory takes a moment)
 CONSOLE_BYTES = 16 << 10  # the console tail kept for error messages
 RUNNING = b"pe-init: running"
 INIT_SOURCE = "/bin/tini-static"  # in the initramfs (guest/build.py)
@@ -65,6 +66,9 @@ class _Started:
 class _Console:
     text: bytearray
     running: bool = False
+
+    def line_with(self, text: str) -> str:
+        return next(line for line in self.text.decode(errors="replace").splitlines() if text in line).strip()
 
     def tail(self, lines: int = 12) -> str:
         shown = self.text.decode(errors="replace").replace("\r", "").strip().splitlines()
@@ -85,9 +89,10 @@ class VmRunner:
         qemu: str = "qemu-system-x86_64",
         boot_timeout_s: float = BOOT_TIMEOUT_S,
         uid_base: int = QEMU_UID_BASE,
+        guest: Guest | None = None,
     ) -> None:
         """`accel` is "kvm", "tcg" or "auto" (KVM when a bounded probe boot works, else TCG).
-        The guest (kernel + initramfs) is built into `cache_dir` on first use."""
+        The guest (kernel + initramfs) is built into `cache_dir` on first use, unless given."""
         self.images = images
         self.cache_dir = Path(cache_dir)
         self.accel = accel
@@ -95,6 +100,7 @@ class VmRunner:
         self.qemu = qemu
         self.boot_timeout_s = boot_timeout_s
         self.uid_base = uid_base
+        self.guest = guest
         self._slots = asyncio.Semaphore(slots)
         self._free = list(range(slots))
         self._start: asyncio.Future[_Started] | None = None
@@ -118,7 +124,7 @@ class VmRunner:
             raise RuntimeError(f"missing on this host: {', '.join(missing)} (Debian: qemu-system-x86)")
         if os.geteuid() != 0:
             raise RuntimeError("the vm runner needs root (it drops QEMU to an unprivileged uid)")
-        guest = await asyncio.to_thread(
+        guest = self.guest or await asyncio.to_thread(
             ensure_guest, self.cache_dir, lambda line: log.info("guest: %s", line)
         )
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -273,9 +279,21 @@ class VmRunner:
             return None, console
         finally:
             if process.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
-                await process.wait()
+                await _kill(process)
+
+
+async def _kill(process: asyncio.subprocess.Process) -> None:
+    """Kill QEMU first, so that `unshare` (its parent) reaps it and exits; then anything left in
+    the process group. Killing unshare first would leave QEMU a zombie for the host's init to reap."""
+    with contextlib.suppress(OSError):
+        children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
+        for child in children:
+            os.kill(int(child), signal.SIGKILL)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(process.wait(), KILL_WAIT_S)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    await process.wait()
 
 
 async def _read_console(
@@ -349,7 +367,7 @@ def _read_output_device(path: Path, work: Path, file_cap: int) -> _GuestReport:
     Past `file_cap` bytes a file's content is not copied, only its size kept (sparse)."""
     report = _GuestReport({}, b"", b"", "", [])
     work.mkdir()
-    reader = CpioReader(max_entry_bytes=path.stat().st_size)
+    reader = CpioReader(max_entry_bytes=1 << 40)  # streamed: sizes are bounded by the device
     name, size, parts, sink = "", 0, [], None
     try:
         with path.open("rb") as device:
@@ -428,7 +446,7 @@ def _result(job: Job, device: Path, work: Path, returncode: int | None, console:
                 f"console: {console.tail()}"
             )
         elif b"Kernel panic" in console.text:
-            why = f"the guest kernel panicked: {console.tail()}"
+            why = f"the guest kernel panicked: {console.line_with('Kernel panic')}"
         else:
             why = f"the guest stopped before the run finished (QEMU exit {returncode}): {console.tail()}"
         log.warning("vm run failed: %s", why, extra={"run_id": job.id})

@@ -1,0 +1,144 @@
+"""The vm runner when the guest goes wrong: a kernel panic, a boot that hangs, an output archive cut
+short. Each gives a clear `error` result, the runner goes on to run the next job, and no QEMU process
+or run directory is left behind."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from catalog.store import ImageLocation
+from guest.build import Guest, ensure_guest
+from pe.settings import load_settings
+from tests.support.images import FixedImages
+from wire.cpio import file_entry, write_archive
+from wire.result import Status
+from wire.spec import parse_spec
+from worker.runner import Job
+from worker.vm import QEMU_UID_BASE, VmRunner, _read_output_device
+
+pytestmark = pytest.mark.sandbox
+
+DIGEST = "sha256:" + "0" * 64
+
+
+@pytest.fixture(scope="module")
+def guest() -> Guest:
+    if os.geteuid() != 0 or shutil.which("qemu-system-x86_64") is None:
+        pytest.skip("the vm runner needs root and qemu-system-x86")
+    return ensure_guest(load_settings().cache_dir)
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A loose busybox erofs (the runner's other case besides a directory in a pack)."""
+    root = tmp_path_factory.mktemp("image") / "root"
+    for directory in ("bin", "work", "tmp", "proc", "dev", "sys"):
+        (root / directory).mkdir(parents=True)
+    shutil.copy("/bin/busybox", root / "bin/busybox")
+    for applet in ("sh", "echo", "cat"):
+        (root / "bin" / applet).symlink_to("busybox")
+    path = root.parent / "busybox.erofs"
+    subprocess.run(["mkfs.erofs", "--quiet", "--all-root", str(path), str(root)], check=True)
+    return path
+
+
+def broken_guest(guest: Guest, tmp: Path, init: str) -> Guest:
+    """The real kernel with an initramfs whose /init is `init` (a busybox sh script)."""
+    root = tmp / "root"
+    (root / "bin").mkdir(parents=True)
+    shutil.copy("/bin/busybox", root / "bin/busybox")
+    (root / "init").write_text("#!/bin/busybox sh\n" + init)
+    (root / "init").chmod(0o755)
+    initrd = tmp / "initrd.cpio"
+    listing = subprocess.run(["find", "."], cwd=root, capture_output=True, check=True).stdout
+    with initrd.open("wb") as out:
+        subprocess.run(
+            ["cpio", "--quiet", "-o", "-H", "newc"], cwd=root, input=listing, stdout=out, check=True
+        )
+    initrd.chmod(0o644)
+    tmp.chmod(0o755)
+    return Guest("broken", guest.kernel, initrd)
+
+
+def job(argv: list[str]) -> Job:
+    spec = parse_spec({"image": "busybox", "argv": argv, "runner": "vm"})
+    return Job(uuid.uuid4().hex, spec, spec.argv, "busybox", DIGEST, "vm")
+
+
+def run(runner: VmRunner, *jobs: Job) -> list:
+    async def go() -> list:
+        try:
+            return [await runner.run(j) for j in jobs]
+        finally:
+            await runner.close()
+
+    return asyncio.run(go())
+
+
+def our_qemus() -> list[str]:
+    ps = subprocess.run(["ps", "-eo", "uid=,comm="], capture_output=True, text=True, check=True).stdout
+    return [line for line in ps.splitlines() if "qemu" in line and int(line.split()[0]) >= QEMU_UID_BASE]
+
+
+@pytest.fixture
+def run_dir(tmp_path: Path) -> Iterator[Path]:
+    path = tmp_path / "vm"
+    yield path
+    assert our_qemus() == [], "a QEMU process outlived its run"
+    assert not path.exists() or list(path.iterdir()) == [], "a run directory was left behind"
+
+
+def runner_with(guest: Guest, image: Path, run_dir: Path, **options: object) -> VmRunner:
+    images = FixedImages({DIGEST: ImageLocation(image)})
+    return VmRunner(images, 1, cache_dir=run_dir, accel="tcg", run_dir=run_dir, guest=guest, **options)
+
+
+def test_a_kernel_panic_is_an_error_result(guest: Guest, image: Path, run_dir: Path, tmp_path: Path) -> None:
+    panicking = broken_guest(guest, tmp_path / "guest", "exit 1\n")  # init exits: the kernel panics
+    [out] = run(runner_with(panicking, image, run_dir), job(["echo", "hi"]))
+    assert out.result.status == Status.ERROR
+    assert "panicked" in out.result.message and "Attempted to kill init" in out.result.message
+
+
+def test_a_boot_that_hangs_is_cut_off(guest: Guest, image: Path, run_dir: Path, tmp_path: Path) -> None:
+    hanging = broken_guest(guest, tmp_path / "guest", "echo stuck; /bin/busybox sleep 1000\n")
+    [out] = run(runner_with(hanging, image, run_dir, boot_timeout_s=4), job(["echo", "hi"]))
+    assert out.result.status == Status.ERROR
+    assert "did not boot" in out.result.message and "stuck" in out.result.message
+
+
+def test_the_runner_goes_on_after_a_failed_run(guest: Guest, image: Path, run_dir: Path) -> None:
+    """A job whose image is not on this host fails; the next one on the loose erofs runs."""
+    images = FixedImages({DIGEST: ImageLocation(image)})
+    runner = VmRunner(images, 1, cache_dir=run_dir, accel="tcg", run_dir=run_dir, guest=guest)
+    missing = job(["echo", "lost"])
+    missing = Job(missing.id, missing.spec, missing.argv, "busybox", "sha256:" + "1" * 64, "vm")
+    lost, found = run(runner, missing, job(["sh", "-c", "echo hi; echo made > out.txt"]))
+    assert lost.result.status == Status.ERROR and "not among" in lost.result.message
+    assert (found.result.status, found.stdout, found.files) == (Status.OK, b"hi\n", {"out.txt": b"made\n"})
+
+
+def test_an_output_archive_cut_short_keeps_what_arrived(tmp_path: Path) -> None:
+    """What a guest that filled its output device leaves: the archive stops mid-file, without a trailer."""
+    archive = write_archive(
+        [
+            file_entry("status", b"returncode=0\nstarted=1.00\nended=1.50\n"),
+            file_entry("stdout", b"hello\n"),
+            file_entry("work/whole.txt", b"all of it\n"),
+            file_entry("work/cut.bin", bytes(4096)),
+        ]
+    )
+    device = tmp_path / "output.img"
+    device.write_bytes(archive[: archive.index(b"cut.bin") + 100])
+    report = _read_output_device(device, tmp_path / "work", 1 << 20)
+    assert report.status["returncode"] == "0" and report.stdout == b"hello\n"
+    assert (tmp_path / "work/whole.txt").read_bytes() == b"all of it\n"
+    assert any("no end" in note or "cut short" in note for note in report.notes), report.notes
