@@ -12,6 +12,7 @@ from starlette.routing import Route
 from starlette.types import Lifespan
 
 from api.clients import TrustedProxies, client_key
+from api.encoded import EncodedOutputs
 from api.errors import EXCEPTION_HANDLERS, ApiError
 from api.images import ImageResolver
 from api.jobs import Dispatcher
@@ -19,7 +20,7 @@ from api.metrics import Metrics
 from api.ratelimit import BucketStore, MemoryBuckets, RateLimits, quota_headers
 from catalog.options import expand_command, option_values
 from pe.settings import Settings
-from wire.result import RunOutput, output_to_json, pack_output
+from wire.result import RunOutput
 from wire.spec import DEFAULT_LIMITS, RunSpec, parse_spec_cpio, parse_spec_json, request_hash
 from worker.runner import Job
 
@@ -28,6 +29,7 @@ JSON = "application/json"
 CPIO_MAGIC = b"070701"
 # curl --data-binary sends this when no Content-Type is given; the body says what it is.
 UNLABELLED = ("", "application/x-www-form-urlencoded")
+ENCODED_BYTES = 32 << 20  # answers of stored runs kept encoded (api/encoded.py)
 # A run id names exactly what ran (image digest, argv, files, limits…): its stored answer may be kept
 # by any cache for as long as it likes (docs/edge.md, "Caching").
 IMMUTABLE = "public, max-age=31536000, immutable"
@@ -45,6 +47,7 @@ class Edge:
     # Read from the settings once, not per request:
     proxies: TrustedProxies = dataclasses.field(init=False)
     rate_limits: RateLimits = dataclasses.field(init=False)
+    encoded: EncodedOutputs = dataclasses.field(default_factory=lambda: EncodedOutputs(ENCODED_BYTES))
 
     def __post_init__(self) -> None:
         self.proxies = TrustedProxies.parse(self.settings.trusted_proxies, self.settings.forwarded_header)
@@ -78,10 +81,12 @@ def wants_cpio(request: Request) -> bool:
     return CPIO in request.headers.get("accept", "")
 
 
-def output_response(request: Request, output: RunOutput, headers: dict[str, str] | None = None) -> Response:
-    if wants_cpio(request):
-        return Response(pack_output(output), media_type=CPIO, headers=headers)
-    return JSONResponse(output_to_json(output), headers=headers)
+def output_response(
+    request: Request, edge: Edge, output: RunOutput, cached: bool, headers: dict[str, str]
+) -> Response:
+    cpio = wants_cpio(request)
+    body = edge.encoded.body(output, cached=cached, cpio=cpio)
+    return Response(body, media_type=CPIO if cpio else JSON, headers=headers)
 
 
 def make_job(edge: Edge, spec: RunSpec) -> Job:
@@ -115,10 +120,6 @@ def make_job(edge: Edge, spec: RunSpec) -> Job:
     )
 
 
-def with_cached_flag(output: RunOutput, cached: bool) -> RunOutput:
-    return dataclasses.replace(output, result=dataclasses.replace(output.result, cached=cached))
-
-
 async def run(request: Request) -> Response:
     """Every request takes a token from the client's "requests" bucket; one the cache cannot answer
     also takes from "runs", and a fresh one first from "fresh" (docs/edge.md, "Rate limits")."""
@@ -143,7 +144,7 @@ async def run(request: Request) -> Response:
         "Cache-Control": "no-store",  # the answer lives at Content-Location; a POST is not a cache entry
         **quota_headers(quota),
     }
-    return output_response(request, with_cached_flag(output, cached), headers)
+    return output_response(request, edge, output, cached, headers)
 
 
 async def get_run(request: Request) -> Response:
@@ -158,7 +159,7 @@ async def get_run(request: Request) -> Response:
     headers = {"ETag": etag, "Cache-Control": IMMUTABLE, "Vary": "Accept", **quota_headers(quota)}
     if etag_matches(request.headers.get("if-none-match", ""), etag):
         return Response(status_code=304, headers=headers)
-    return output_response(request, with_cached_flag(output, True), headers)
+    return output_response(request, edge, output, True, headers)
 
 
 def etag_matches(if_none_match: str, etag: str) -> bool:
