@@ -40,7 +40,11 @@ def make_runners(settings: Settings, images: ImageStore) -> dict[str, Runner]:
             from worker.vm import VmRunner
 
             runners[kind] = VmRunner(
-                images, settings.slots, cache_dir=settings.cache_dir, accel=settings.vm_accel
+                images,
+                settings.slots,
+                cache_dir=settings.cache_dir,
+                accel=settings.vm_accel,
+                pool_mib=settings.vm_pool_mib,
             )
         else:
             raise ValueError(f"the {kind!r} runner is not available in this version")

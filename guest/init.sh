@@ -36,9 +36,17 @@ for device in pe-image pe-input pe-output; do
 done
 
 mkdir -p /run/in /run/out/work /mnt/image /run/bundle
+mount -t erofs -o ro /dev/pe-image /mnt/image || fail "cannot mount the image"
+
+# A warm pool's guest (pe.wait) waits here for its job: the host writes the input device, then
+# sends a line on the console. The kernel may have cached the device's first blocks: drop them.
+if grep -qw pe.wait /proc/cmdline; then
+  echo "pe-init: ready"
+  read -r _
+  blockdev --flushbufs /dev/pe-input
+fi
 cd /run/in && cpio -i -d < /dev/pe-input 2> /dev/null || fail "cannot read the input archive"
 . /run/in/run.env
-mount -t erofs -o ro /dev/pe-image /mnt/image || fail "cannot mount the image"
 mount -t tmpfs -o "size=$PE_WORK_BYTES,mode=0755" work /run/out/work || fail "cannot mount /work"
 [ -d /run/in/work ] && cp -a /run/in/work/. /run/out/work/
 chown -R "$PE_UID:$PE_UID" /run/out/work

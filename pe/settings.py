@@ -52,6 +52,7 @@ class Settings:
     rate_fresh_per_s: float = 0.1
     rate_fresh_burst: int = 5
     vm_accel: str = "auto"
+    vm_pool_mib: int = 1024
 
     @property
     def images_dir(self) -> Path:
@@ -91,6 +92,8 @@ class Settings:
                 ipaddress.ip_network(cidr)
             except ValueError as error:
                 raise ValueError(f"PE_TRUSTED_PROXIES: {error}") from None
+        if self.vm_pool_mib < 0:
+            raise ValueError("PE_VM_POOL_MIB: must be 0 (no pool) or more")
         if self.vm_accel not in ("auto", "kvm", "tcg"):
             raise ValueError("PE_VM_ACCEL: expected 'auto', 'kvm' or 'tcg'")
         if self.forwarded_header not in ("x-forwarded-for", "forwarded"):
@@ -136,6 +139,7 @@ FIELD_HELP: dict[str, str] = {
     "rate_fresh_per_s": 'fresh runs ("cache": false) per second per client (0: no limit)',
     "rate_fresh_burst": "fresh runs a client may start at once",
     "vm_accel": "QEMU accelerator of the vm runner: kvm, tcg, or auto (KVM when a probe boot works)",
+    "vm_pool_mib": "guest memory the vm runner's warm pool of pre-booted guests may hold (0: no pool)",
 }
 
 

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import os
 import shutil
 import signal
 import tempfile
+from asyncio import FIRST_COMPLETED
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,11 +33,12 @@ from wire.cpio import CpioError, CpioReader, Entry, EntryData, EntryEnd, EntrySt
 from wire.errors import WireError
 from wire.paths import normalize_path
 from wire.result import RunOutput
-from wire.spec import MAX_FILES, MAX_INPUT_BYTES, Limits
+from wire.spec import DEFAULT_LIMITS, MAX_FILES, MAX_INPUT_BYTES, Limits
 from worker.cgroups import Usage
 from worker.process import Captured, Stop
 from worker.runner import ImageLocator, Job, error_output
 from worker.sandbox import _output
+from worker.vmpool import VmPool
 from worker.workdir import collect_outputs
 
 log = logging.getLogger("pe.worker.vm")
@@ -50,8 +53,12 @@ PROBE_TIMEOUT_S = 5.0  # a KVM boot takes well under a second; nested KVM can ha
 KILL_WAIT_S = 10.0  # for a killed QEMU to exit (freeing guest memory takes a moment)
 CONSOLE_BYTES = 16 << 10  # the console tail kept for error messages
 RUNNING = b"pe-init: running"
+READY = b"pe-init: ready"  # a guest started with pe.wait is waiting for its job
 INIT_SOURCE = "/bin/tini-static"  # in the initramfs (guest/build.py)
 SECTOR = 512
+POOL_LIMITS = DEFAULT_LIMITS  # what the warm pool's guests are booted for; bigger jobs boot cold
+POOL_INPUT_BYTES = MAX_INPUT_BYTES + (1 << 20)  # the input device of a pooled guest: inputs + config
+POOL_UIDS = 1000  # pooled guests' QEMU run as uid_base + POOL_UIDS + n % POOL_UIDS
 _accel_probe: dict[str, str] = {}
 
 
@@ -90,9 +97,11 @@ class VmRunner:
         boot_timeout_s: float = BOOT_TIMEOUT_S,
         uid_base: int = QEMU_UID_BASE,
         guest: Guest | None = None,
+        pool_mib: int = 0,
     ) -> None:
         """`accel` is "kvm", "tcg" or "auto" (KVM when a bounded probe boot works, else TCG).
-        The guest (kernel + initramfs) is built into `cache_dir` on first use, unless given."""
+        The guest (kernel + initramfs) is built into `cache_dir` on first use, unless given.
+        `pool_mib` bounds the memory of the warm pool's guests (0: no pool)."""
         self.images = images
         self.cache_dir = Path(cache_dir)
         self.accel = accel
@@ -104,6 +113,9 @@ class VmRunner:
         self._slots = asyncio.Semaphore(slots)
         self._free = list(range(slots))
         self._start: asyncio.Future[_Started] | None = None
+        pool_size = pool_mib // (POOL_LIMITS.memory_mib + GUEST_MIB)
+        self._pool = VmPool(self._boot_pooled, pool_size) if pool_size else None
+        self._pool_uids = itertools.count()
 
     async def start(self) -> None:
         """Build or find the guest and choose the accelerator; raises when the host cannot run VMs."""
@@ -140,8 +152,9 @@ class VmRunner:
         accel = "tcg"
         if os.access("/dev/kvm", os.R_OK | os.W_OK):
             with tempfile.TemporaryDirectory(dir=self.run_dir) as scratch:
-                booted = await self._boot(guest, "kvm", Path(scratch), 256, [], PROBE_TIMEOUT_S, 0)
-            if b"pe-init:" in booted[1].text:
+                vm = await self._spawn(guest, "kvm", Path(scratch), 256, [], self.uid_base)
+                await vm.finish(PROBE_TIMEOUT_S, PROBE_TIMEOUT_S)
+            if b"pe-init:" in vm.console.text:
                 accel = "kvm"
             else:
                 log.warning("/dev/kvm is there but a KVM guest did not boot: using TCG")
@@ -149,6 +162,9 @@ class VmRunner:
         return accel
 
     async def close(self) -> None:
+        """Discard the warm pool's guests; runs still going end on their own deadlines."""
+        if self._pool is not None:
+            await self._pool.close()
         self._start = None
 
     async def run(self, job: Job) -> RunOutput:
@@ -177,22 +193,59 @@ class VmRunner:
             location = self.images.locate(job.image_digest)
         except LookupError as error:
             return error_output(job, str(error))
-        input_path = scratch / "input.cpio"
-        _write_padded(input_path, iter_archive(self._input_entries(state, job, location, slot)))
+        archive = b"".join(iter_archive(self._input_entries(state, job, location, slot)))
+        run_timeout_s = limits.wall_ms / 1000 + TEARDOWN_S
+        pooled = self._pool.take(location.file) if self._pool and _fits_pool(limits, archive) else None
+        if pooled is not None:
+            try:
+                with pooled.input_path.open("r+b") as device:
+                    device.write(archive)
+                await pooled.vm.go(self.boot_timeout_s)
+                returncode = await pooled.vm.finish(self.boot_timeout_s, run_timeout_s)
+                return _result(job, pooled.output_path, scratch / "outputs", returncode, pooled.vm.console)
+            finally:
+                await pooled.discard()
+        input_path = scratch / "input.img"
+        _make_device(input_path, len(archive), archive)
         output_path = scratch / "output.img"
-        with output_path.open("wb") as output:
-            output.truncate(_round_up(_output_device_bytes(limits), SECTOR))
+        _make_device(output_path, _output_device_bytes(limits))
         devices = [
             ("pe-image", location.file, True),
             ("pe-input", input_path, True),
             ("pe-output", output_path, False),
         ]
         memory_mib = limits.memory_mib + GUEST_MIB
-        returncode, console = await self._boot(
-            state.guest, state.accel, scratch, memory_mib, devices, self.boot_timeout_s, slot,
-            run_timeout_s=limits.wall_ms / 1000 + TEARDOWN_S,
-        )  # fmt: skip
-        return _result(job, output_path, scratch / "outputs", returncode, console)
+        vm = await self._spawn(state.guest, state.accel, scratch, memory_mib, devices, self.uid_base + slot)
+        returncode = await vm.finish(self.boot_timeout_s, run_timeout_s)
+        return _result(job, output_path, scratch / "outputs", returncode, vm.console)
+
+    async def _boot_pooled(self, image: Path) -> _PooledGuest:
+        """A guest for the warm pool: devices sized for `POOL_LIMITS`, waiting for its job."""
+        state = await self._started()
+        scratch = Path(tempfile.mkdtemp(prefix="pool-", dir=self.run_dir))
+        guest = _PooledGuest(scratch)
+        try:
+            _make_device(guest.input_path, POOL_INPUT_BYTES)
+            _make_device(guest.output_path, _output_device_bytes(POOL_LIMITS))
+            devices = [
+                ("pe-image", image, True),
+                ("pe-input", guest.input_path, True),
+                ("pe-output", guest.output_path, False),
+            ]
+            uid = self.uid_base + POOL_UIDS + next(self._pool_uids) % POOL_UIDS
+            memory_mib = POOL_LIMITS.memory_mib + GUEST_MIB
+            guest.vm = await self._spawn(
+                state.guest, state.accel, scratch, memory_mib, devices, uid, wait=True
+            )
+        except BaseException:
+            shutil.rmtree(scratch, ignore_errors=True)
+            raise
+        return guest
+
+    async def warm(self, digest: str) -> None:
+        """Fill the warm pool for this image now (it otherwise fills after the image's first run)."""
+        if self._pool is not None:
+            await self._pool.fill(self.images.locate(digest).file)
 
     def _input_entries(self, state: _Started, job: Job, location: ImageLocation, slot: int) -> list:
         limits = job.spec.limits
@@ -224,25 +277,25 @@ class VmRunner:
         entries += [file_entry(f"work/{path}", data) for path, data in job.spec.files]
         return entries
 
-    async def _boot(
+    async def _spawn(
         self,
         guest: Guest,
         accel: str,
         scratch: Path,
         memory_mib: int,
         devices: Sequence[tuple[str, Path, bool]],
-        boot_timeout_s: float,
-        slot: int,
-        run_timeout_s: float = 0.0,
-    ) -> tuple[int | None, _Console]:
-        """Run one guest to its end: (QEMU's exit status or None when it was killed, the console)."""
+        uid: int,
+        wait: bool = False,
+    ) -> _Vm:
+        """Start QEMU. With `wait` the guest boots, prints "pe-init: ready" and waits for a line on
+        its console before it reads its input device (the warm pool's guests)."""
         files = [os.open(guest.kernel, os.O_RDONLY), os.open(guest.initrd, os.O_RDONLY)]
         args = [
             "-M", "microvm,isa-serial=on", "-accel", accel, "-cpu", "host" if accel == "kvm" else "max",
             "-smp", "1", "-m", str(memory_mib), "-nodefaults", "-no-user-config", "-display", "none",
             "-serial", "stdio", "-monitor", "none", "-no-reboot", "-sandbox", "on",
             "-kernel", f"/proc/self/fd/{files[0]}", "-initrd", f"/proc/self/fd/{files[1]}",
-            "-append", kernel_command_line(accel),
+            "-append", kernel_command_line(accel) + " pe.wait" * wait,
         ]  # fmt: skip
         try:
             for number, (serial, path, readonly) in enumerate(devices, start=1):
@@ -253,7 +306,6 @@ class VmRunner:
                 drive = f"file=/dev/fdset/{number},if=none,id={serial},format=raw"
                 args += ["-drive", drive + (",readonly=on" if readonly else "")]
                 args += ["-device", f"virtio-blk-device,drive={serial},serial={serial}"]
-            uid = self.uid_base + slot
             command = [
                 "unshare", "--net", "--ipc", "--uts", "--mount", "--pid", "--fork",
                 "setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--inh-caps=-all",
@@ -261,7 +313,7 @@ class VmRunner:
             ]  # fmt: skip
             process = await asyncio.create_subprocess_exec(
                 *command,
-                stdin=asyncio.subprocess.DEVNULL,
+                stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,
                 pass_fds=files,
@@ -271,47 +323,76 @@ class VmRunner:
         finally:
             for fd in files:
                 os.close(fd)
-        console = _Console(bytearray())
+        return _Vm(process)
+
+
+class _Vm:
+    """One QEMU process; its console is read in the background."""
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+        self.console = _Console(bytearray())
+        self.ready = asyncio.Event()
+        self.running = asyncio.Event()
+        self.reader = asyncio.ensure_future(self._read())
+
+    async def _read(self) -> None:
+        assert self.process.stdout is not None
+        while chunk := await self.process.stdout.read(4096):
+            text = self.console.text
+            text += chunk
+            del text[:-CONSOLE_BYTES]
+            if not self.ready.is_set() and READY in text:
+                self.ready.set()
+            if not self.running.is_set() and RUNNING in text:
+                self.running.set()
+                self.console.running = True
+
+    @property
+    def alive(self) -> bool:
+        return not self.reader.done()
+
+    async def go(self, boot_timeout_s: float) -> None:
+        """Let a waiting guest read its input device, once it is ready to hear it (a line sent
+        earlier could arrive before anything reads the console, and be lost)."""
+        assert self.process.stdin is not None
+        if await self._within(self.ready, boot_timeout_s) and self.ready.is_set():
+            self.process.stdin.write(b"go\n")
+
+    async def _within(self, event: asyncio.Event, timeout_s: float) -> bool:
+        """Whether `event` is set, or the console ends, within `timeout_s`."""
+        waiter = asyncio.ensure_future(event.wait())
+        done, _ = await asyncio.wait({waiter, self.reader}, timeout=timeout_s, return_when=FIRST_COMPLETED)
+        waiter.cancel()
+        return bool(done)
+
+    async def finish(self, boot_timeout_s: float, run_timeout_s: float) -> int | None:
+        """Wait for the run to start (within `boot_timeout_s`) and for the guest to end (within
+        `run_timeout_s` of the start); QEMU's exit status, or None when it had to be killed."""
         try:
-            await _read_console(process, console, boot_timeout_s, run_timeout_s)
-            return await process.wait(), console
-        except TimeoutError:
-            return None, console
+            started = await self._within(self.running, boot_timeout_s)
+            if started and (await asyncio.wait({self.reader}, timeout=run_timeout_s))[0]:
+                return await self.process.wait()
+            return None
         finally:
-            if process.returncode is None:
-                await _kill(process)
+            await self.kill()
 
-
-async def _kill(process: asyncio.subprocess.Process) -> None:
-    """Kill QEMU first, so that `unshare` (its parent) reaps it and exits; then anything left in
-    the process group. Killing unshare first would leave QEMU a zombie for the host's init to reap."""
-    with contextlib.suppress(OSError):
-        children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
-        for child in children:
-            os.kill(int(child), signal.SIGKILL)
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(process.wait(), KILL_WAIT_S)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)
-    await process.wait()
-
-
-async def _read_console(
-    process: asyncio.subprocess.Process, console: _Console, boot_timeout_s: float, run_timeout_s: float
-) -> None:
-    """Read the console to its end; TimeoutError when the boot or the run overruns its deadline."""
-    assert process.stdout is not None
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + boot_timeout_s
-    while True:
-        chunk = await asyncio.wait_for(process.stdout.read(4096), max(0.0, deadline - loop.time()))
-        if not chunk:
-            return
-        console.text += chunk
-        del console.text[:-CONSOLE_BYTES]
-        if not console.running and RUNNING in console.text:
-            console.running = True
-            deadline = loop.time() + run_timeout_s
+    async def kill(self) -> None:
+        """Kill QEMU first, so that `unshare` (its parent) reaps it and exits; then anything left in
+        the process group. Killing unshare first would leave QEMU a zombie for the host's init."""
+        process = self.process
+        if process.returncode is None:
+            with contextlib.suppress(OSError):
+                children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
+                for child in children:
+                    os.kill(int(child), signal.SIGKILL)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(process.wait(), KILL_WAIT_S)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            await process.wait()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.reader, KILL_WAIT_S)
 
 
 def kernel_command_line(accel: str) -> str:
@@ -342,14 +423,43 @@ def _round_up(n: int, unit: int) -> int:
     return -(-n // unit) * unit
 
 
-def _write_padded(path: Path, chunks) -> None:
-    """A device image: the chunks, zero-padded to whole sectors (a block device has no partial one)."""
-    size = 0
-    with path.open("wb") as f:
-        for chunk in chunks:
-            f.write(chunk)
-            size += len(chunk)
-        f.write(bytes(_round_up(size, SECTOR) - size))
+def _make_device(path: Path, size: int, data: bytes = b"") -> None:
+    """A raw device image of `size` bytes rounded up to whole sectors, starting with `data`; sparse."""
+    with path.open("wb") as device:
+        device.write(data)
+        device.truncate(_round_up(size, SECTOR))
+
+
+def _fits_pool(limits: Limits, archive: bytes) -> bool:
+    """Whether a pooled guest (booted for `POOL_LIMITS`) can run a job with these limits and input."""
+    return (
+        limits.memory_mib <= POOL_LIMITS.memory_mib
+        and _output_device_bytes(limits) <= _output_device_bytes(POOL_LIMITS)
+        and len(archive) <= POOL_INPUT_BYTES
+    )
+
+
+@dataclass
+class _PooledGuest:
+    scratch: Path
+    vm: _Vm | None = None
+
+    @property
+    def input_path(self) -> Path:
+        return self.scratch / "input.img"
+
+    @property
+    def output_path(self) -> Path:
+        return self.scratch / "output.img"
+
+    @property
+    def alive(self) -> bool:
+        return self.vm is not None and self.vm.alive
+
+    async def discard(self) -> None:
+        if self.vm is not None:
+            await self.vm.kill()
+        shutil.rmtree(self.scratch, ignore_errors=True)
 
 
 @dataclass

@@ -53,7 +53,7 @@ def _sandbox_missing() -> str | None:
 def _vm_runner(images: ImageLocator) -> Runner:
     from worker.vm import VmRunner
 
-    return VmRunner(images, slots=2, cache_dir=load_settings().cache_dir)
+    return VmRunner(images, slots=2, cache_dir=load_settings().cache_dir, pool_mib=1024)
 
 
 def _vm_missing() -> str | None:

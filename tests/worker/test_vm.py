@@ -142,3 +142,51 @@ def test_an_output_archive_cut_short_keeps_what_arrived(tmp_path: Path) -> None:
     assert report.status["returncode"] == "0" and report.stdout == b"hello\n"
     assert (tmp_path / "work/whole.txt").read_bytes() == b"all of it\n"
     assert any("no end" in note or "cut short" in note for note in report.notes), report.notes
+
+
+def test_the_warm_pool_gives_each_run_a_fresh_guest(guest: Guest, image: Path, run_dir: Path) -> None:
+    runner = runner_with(guest, image, run_dir, pool_mib=2 * 416)
+    script = "cat /tmp/mark 2>/dev/null; echo $1 > /tmp/mark; cat in.txt; echo $1 > out.txt"
+
+    async def go() -> list:
+        try:
+            await runner.warm(DIGEST)
+            outs = []
+            for name in ("a", "b", "c"):
+                spec = parse_spec(
+                    {
+                        "image": "busybox",
+                        "argv": ["sh", "-c", script, "sh", name],
+                        "files": {"in.txt": {"text": name}},
+                    }
+                )
+                outs.append(await runner.run(Job(uuid.uuid4().hex, spec, spec.argv, "busybox", DIGEST, "vm")))
+            return outs
+        finally:
+            assert runner._pool is not None
+            hits = runner._pool.hits
+            await runner.close()
+            assert hits >= 2, "the runs after the warm-up were served from the pool"
+
+    for name, out in zip("abc", asyncio.run(go()), strict=True):
+        assert out.result.status == Status.OK, out.result
+        assert out.stdout == name.encode(), "nothing is left from an earlier run in a pooled guest"
+        assert out.files == {"out.txt": f"{name}\n".encode()}
+
+
+def test_a_pooled_guest_that_died_is_passed_over(guest: Guest, image: Path, run_dir: Path) -> None:
+    runner = runner_with(guest, image, run_dir, pool_mib=416)
+
+    async def go():
+        try:
+            await runner.warm(DIGEST)
+            assert runner._pool is not None
+            [waiting] = runner._pool._idle
+            assert waiting.vm is not None
+            await waiting.vm.kill()
+            return await runner.run(job(["echo", "still here"]))
+        finally:
+            await runner.close()
+
+    out = asyncio.run(go())
+    assert (out.result.status, out.stdout) == (Status.OK, b"still here\n"), out.result
