@@ -182,6 +182,23 @@ def cmd_bench_h2(args: argparse.Namespace) -> int:
     return bench_h2(args)
 
 
+def cmd_bench_vm(args: argparse.Namespace) -> int:
+    from pe.bench_vm import bench_vm
+
+    return bench_vm(args)
+
+
+def cmd_guest_build(args: argparse.Namespace) -> int:
+    from guest.build import GuestBuildError, ensure_guest
+
+    try:
+        guest = ensure_guest(settings_from(args).cache_dir, lambda line: print(f"pe guest: {line}"))
+    except GuestBuildError as error:
+        sys.exit(f"pe guest build: {error}")
+    print(f"kernel {guest.kernel}\ninitrd {guest.initrd}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pe", description="Program Explorer: run programs in catalogue images"
@@ -341,6 +358,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench_h2.add_argument("--samples", type=int, default=300, help="new connections for retire")
     bench_h2.set_defaults(handler=cmd_bench_h2)
+    bench_vm = bench_commands.add_parser(
+        "vm", help="a /bin/true run on the vm runner, cold and from the warm pool, vs a bare microvm boot"
+    )
+    bench_vm.add_argument("--image", default="busybox", help="image of the run (default busybox)")
+    bench_vm.add_argument("--rounds", type=int, default=5, help="rounds of the three sides (default 5)")
+    add_settings_flags(bench_vm)
+    bench_vm.set_defaults(handler=cmd_bench_vm)
+
+    guest = commands.add_parser("guest", help="the vm runner's guest: kernel and initramfs (docs/vm.md)")
+    guest_commands = guest.add_subparsers(dest="guest_command", required=True)
+    guest_build = guest_commands.add_parser("build", help="build the guest, or find it in the cache")
+    add_settings_flags(guest_build)
+    guest_build.set_defaults(handler=cmd_guest_build)
     return parser
 
 

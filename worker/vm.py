@@ -20,6 +20,7 @@ import os
 import shutil
 import signal
 import tempfile
+import time
 from asyncio import FIRST_COMPLETED
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -53,6 +54,7 @@ PROBE_TIMEOUT_S = 5.0  # a KVM boot takes well under a second; nested KVM can ha
 KILL_WAIT_S = 10.0  # for a killed QEMU to exit (freeing guest memory takes a moment)
 CONSOLE_BYTES = 16 << 10  # the console tail kept for error messages
 RUNNING = b"pe-init: running"
+DONE = b"pe-init: done"  # the output device is written and synced: QEMU need not wait for poweroff
 READY = b"pe-init: ready"  # a guest started with pe.wait is waiting for its job
 INIT_SOURCE = "/bin/tini-static"  # in the initramfs (guest/build.py)
 SECTOR = 512
@@ -143,6 +145,10 @@ class VmRunner:
         accel = self.accel if self.accel != "auto" else await self._probe_accel(guest)
         log.info("vm runner started: guest %s, accel %s", guest.key, accel)
         return _Started(guest, accel, seccomp_profile())
+
+    async def chosen_accel(self) -> str:
+        """The accelerator the runs use ("kvm" or "tcg"), probed once when `accel` is "auto"."""
+        return (await self._started()).accel
 
     async def _probe_accel(self, guest: Guest) -> str:
         """ "kvm" when a KVM guest boots as far as our init within PROBE_TIMEOUT_S, else "tcg".
@@ -334,6 +340,9 @@ class _Vm:
         self.console = _Console(bytearray())
         self.ready = asyncio.Event()
         self.running = asyncio.Event()
+        self.done = asyncio.Event()
+        self.started_at = time.monotonic()
+        self.ready_at: float | None = None  # when "pe-init: ready" came
         self.reader = asyncio.ensure_future(self._read())
 
     async def _read(self) -> None:
@@ -343,10 +352,14 @@ class _Vm:
             text += chunk
             del text[:-CONSOLE_BYTES]
             if not self.ready.is_set() and READY in text:
+                self.ready_at = time.monotonic()
                 self.ready.set()
             if not self.running.is_set() and RUNNING in text:
                 self.running.set()
                 self.console.running = True
+            if self.running.is_set() and DONE in text:
+                self.done.set()
+                return
 
     @property
     def alive(self) -> bool:
@@ -367,12 +380,13 @@ class _Vm:
         return bool(done)
 
     async def finish(self, boot_timeout_s: float, run_timeout_s: float) -> int | None:
-        """Wait for the run to start (within `boot_timeout_s`) and for the guest to end (within
-        `run_timeout_s` of the start); QEMU's exit status, or None when it had to be killed."""
+        """Wait for the run to start (within `boot_timeout_s`) and for the guest to be done (within
+        `run_timeout_s` of the start); 0 when the guest said it was done, else QEMU's exit status,
+        or None when it had to be killed."""
         try:
             started = await self._within(self.running, boot_timeout_s)
             if started and (await asyncio.wait({self.reader}, timeout=run_timeout_s))[0]:
-                return await self.process.wait()
+                return 0 if self.done.is_set() else await self.process.wait()
             return None
         finally:
             await self.kill()
