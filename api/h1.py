@@ -34,8 +34,14 @@ class EdgeH11Protocol(H11Protocol):
             await super()._create_stream(request)
 
     async def stream_send(self, event: StreamEvent) -> None:
-        if isinstance(event, Response) and event.status_code >= 200 and self.conn.draining:
+        if isinstance(event, Response) and event.status_code >= 200 and self._last_response():
             self.keep_alive_requests = self.config.keep_alive_max_requests  # Hypercorn then adds close
         await super().stream_send(event)
         if isinstance(event, StreamClosed):
             self.conn.stream_answered()
+
+    def _last_response(self) -> bool:
+        """Whether the connection closes after this response: it drains, or the answer comes before
+        the request's body was all read (a 413), whose rest is not worth reading. Saying so with
+        `Connection: close` keeps the client from sending its next request into a closing socket."""
+        return self.conn.draining or self.connection.their_state is not h11.DONE
