@@ -92,8 +92,12 @@ class Dispatcher:
 
     async def complete_lease(self, job_id: str, token: str, output: RunOutput) -> bool:
         """False, and the output dropped, when the lease is no longer held (it expired, or the job was
-        completed already)."""
-        self.metrics.executions.inc(runner=output.result.runner, status=str(output.result.status))
+        completed already). Counted in pe_executions_total once accepted, so each job counts once;
+        dropped ones in pe_results_discarded_total."""
         accepted = await self.state.complete(job_id, token, output)
         self.workers.touched(token, released=True)
+        if accepted:
+            self.metrics.executions.inc(runner=output.result.runner, status=str(output.result.status))
+        else:
+            self.metrics.results_discarded.inc()
         return accepted

@@ -62,6 +62,9 @@ class Metrics:
         self.cache_hits = Counter("pe_cache_hits_total", "Runs answered from the result cache")
         self.goaways = Counter("pe_goaway_sent_total", "HTTP/2 GOAWAY frames sent", ("reason",))
         self.streams_refused = Counter("pe_streams_refused_total", "HTTP/2 streams reset with REFUSED_STREAM")
+        self.results_discarded = Counter(
+            "pe_results_discarded_total", "Results uploaded for a lease no longer held (ran elsewhere)"
+        )
         self.gauges: list[Gauge] = []
 
     def gauge(self, name: str, help_text: str, read: Callable[[], float]) -> None:
@@ -69,7 +72,10 @@ class Metrics:
 
     def render(self) -> str:
         lines: list[str] = []
-        counters = (self.executions, self.requests, self.cache_hits, self.goaways, self.streams_refused)
+        counters = (
+            self.executions, self.requests, self.cache_hits, self.goaways, self.streams_refused,
+            self.results_discarded,
+        )  # fmt: skip
         for metric in (*counters, *self.gauges):
             lines.extend(metric.render())
         return "\n".join(lines) + "\n"
