@@ -87,7 +87,9 @@ class EdgeH2Protocol(H2Protocol):
     def stop_new_streams(self) -> None:
         if not self.goaway_sent:
             self.connection.update_settings({h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: 0})
-            self.task_group.spawn(self._flush)
+            # RuntimeError: the connection's task group has ended, so it is closing anyway.
+            with contextlib.suppress(RuntimeError):
+                self.task_group.spawn(self._flush)
 
     async def goodbye(self, error_code: int) -> bool:
         if self.goaway_sent:
