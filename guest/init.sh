@@ -42,7 +42,7 @@ mount -t erofs -o ro /dev/pe-image /mnt/image || fail "cannot mount the image"
 # sends a line on the console. The kernel may have cached the device's first blocks: drop them.
 if grep -qw pe.wait /proc/cmdline; then
   echo "pe-init: ready"
-  read -r _
+  read -r -t 600 _ || poweroff -f  # worker/vm.py POOL_WAIT_S: a guest nobody took goes away
   blockdev --flushbufs /dev/pe-input
 fi
 cd /run/in && cpio -i -d < /dev/pe-input 2> /dev/null || fail "cannot read the input archive"

@@ -34,8 +34,9 @@ from wire.cpio import CpioError, CpioReader, Entry, EntryData, EntryEnd, EntrySt
 from wire.errors import WireError
 from wire.paths import normalize_path
 from wire.result import RunOutput
-from wire.spec import DEFAULT_LIMITS, MAX_FILES, MAX_INPUT_BYTES, Limits
+from wire.spec import DEFAULT_LIMITS, MAX_FILES, MAX_INPUT_BYTES, MAX_LIMITS, Limits
 from worker.cgroups import Usage
+from worker.mounts import pid_alive
 from worker.process import Captured, Stop
 from worker.runner import ImageLocator, Job, error_output
 from worker.sandbox import _output
@@ -60,6 +61,7 @@ INIT_SOURCE = "/bin/tini-static"  # in the initramfs (guest/build.py)
 SECTOR = 512
 POOL_LIMITS = DEFAULT_LIMITS  # what the warm pool's guests are booted for; bigger jobs boot cold
 POOL_INPUT_BYTES = MAX_INPUT_BYTES + (1 << 20)  # the input device of a pooled guest: inputs + config
+POOL_WAIT_S = 600  # a pooled guest powers off after waiting this long (guest/init.sh: read -t)
 POOL_UIDS = 1000  # pooled guests' QEMU run as uid_base + POOL_UIDS + n % POOL_UIDS
 _accel_probe: dict[str, str] = {}
 
@@ -142,6 +144,7 @@ class VmRunner:
             ensure_guest, self.cache_dir, lambda line: log.info("guest: %s", line)
         )
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        _sweep_stale(self.run_dir)
         accel = self.accel if self.accel != "auto" else await self._probe_accel(guest)
         log.info("vm runner started: guest %s, accel %s", guest.key, accel)
         return _Started(guest, accel, seccomp_profile())
@@ -158,7 +161,9 @@ class VmRunner:
         accel = "tcg"
         if os.access("/dev/kvm", os.R_OK | os.W_OK):
             with tempfile.TemporaryDirectory(dir=self.run_dir) as scratch:
-                vm = await self._spawn(guest, "kvm", Path(scratch), 256, [], self.uid_base)
+                vm = await self._spawn(
+                    guest, "kvm", Path(scratch), 256, [], self.uid_base, 2 * PROBE_TIMEOUT_S
+                )
                 await vm.finish(PROBE_TIMEOUT_S, PROBE_TIMEOUT_S)
             if b"pe-init:" in vm.console.text:
                 accel = "kvm"
@@ -183,7 +188,7 @@ class VmRunner:
             return error_output(job, "nothing to run: the spec has no argv and the image no command")
         async with self._slots:
             slot = self._free.pop()
-            scratch = Path(tempfile.mkdtemp(prefix="run-", dir=self.run_dir))
+            scratch = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-run-", dir=self.run_dir))
             try:
                 return await self._run(state, job, slot, scratch)
             except Exception as error:
@@ -221,14 +226,17 @@ class VmRunner:
             ("pe-output", output_path, False),
         ]
         memory_mib = limits.memory_mib + GUEST_MIB
-        vm = await self._spawn(state.guest, state.accel, scratch, memory_mib, devices, self.uid_base + slot)
+        lifetime_s = self.boot_timeout_s + run_timeout_s + KILL_WAIT_S
+        vm = await self._spawn(
+            state.guest, state.accel, scratch, memory_mib, devices, self.uid_base + slot, lifetime_s
+        )
         returncode = await vm.finish(self.boot_timeout_s, run_timeout_s)
         return _result(job, output_path, scratch / "outputs", returncode, vm.console)
 
     async def _boot_pooled(self, image: Path) -> _PooledGuest:
         """A guest for the warm pool: devices sized for `POOL_LIMITS`, waiting for its job."""
         state = await self._started()
-        scratch = Path(tempfile.mkdtemp(prefix="pool-", dir=self.run_dir))
+        scratch = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-pool-", dir=self.run_dir))
         guest = _PooledGuest(scratch)
         try:
             _make_device(guest.input_path, POOL_INPUT_BYTES)
@@ -240,8 +248,9 @@ class VmRunner:
             ]
             uid = self.uid_base + POOL_UIDS + next(self._pool_uids) % POOL_UIDS
             memory_mib = POOL_LIMITS.memory_mib + GUEST_MIB
+            lifetime_s = POOL_WAIT_S + 2 * self.boot_timeout_s + MAX_LIMITS.wall_ms / 1000 + TEARDOWN_S
             guest.vm = await self._spawn(
-                state.guest, state.accel, scratch, memory_mib, devices, uid, wait=True
+                state.guest, state.accel, scratch, memory_mib, devices, uid, lifetime_s, wait=True
             )
         except BaseException:
             shutil.rmtree(scratch, ignore_errors=True)
@@ -291,10 +300,12 @@ class VmRunner:
         memory_mib: int,
         devices: Sequence[tuple[str, Path, bool]],
         uid: int,
+        lifetime_s: float,
         wait: bool = False,
     ) -> _Vm:
         """Start QEMU. With `wait` the guest boots, prints "pe-init: ready" and waits for a line on
-        its console before it reads its input device (the warm pool's guests)."""
+        its console before it reads its input device (the warm pool's guests). `timeout` kills
+        QEMU after `lifetime_s` even if this process is gone (a crashed worker leaves no guest)."""
         files = [os.open(guest.kernel, os.O_RDONLY), os.open(guest.initrd, os.O_RDONLY)]
         args = [
             "-M", "microvm,isa-serial=on", "-accel", accel, "-cpu", "host" if accel == "kvm" else "max",
@@ -315,7 +326,7 @@ class VmRunner:
             command = [
                 "unshare", "--net", "--ipc", "--uts", "--mount", "--pid", "--fork",
                 "setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--inh-caps=-all",
-                self.qemu, *args,
+                "timeout", "--signal=KILL", f"{lifetime_s:.0f}", self.qemu, *args,
             ]  # fmt: skip
             process = await asyncio.create_subprocess_exec(
                 *command,
@@ -392,14 +403,14 @@ class _Vm:
             await self.kill()
 
     async def kill(self) -> None:
-        """Kill QEMU first, so that `unshare` (its parent) reaps it and exits; then anything left in
-        the process group. Killing unshare first would leave QEMU a zombie for the host's init."""
+        """Kill QEMU first (the innermost process: unshare → timeout → qemu), so that its parents
+        reap it and exit in turn; then anything left in the process group. Killing a parent first
+        would leave QEMU a zombie for the host's init to reap."""
         process = self.process
         if process.returncode is None:
-            with contextlib.suppress(OSError):
-                children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
-                for child in children:
-                    os.kill(int(child), signal.SIGKILL)
+            for leaf in _leaves(process.pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(leaf, signal.SIGKILL)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(process.wait(), KILL_WAIT_S)
             with contextlib.suppress(ProcessLookupError):
@@ -407,6 +418,25 @@ class _Vm:
             await process.wait()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.reader, KILL_WAIT_S)
+
+
+def _sweep_stale(run_dir: Path) -> None:
+    """Remove the run directories of runners whose process is gone (named `<pid>-run-…`); their
+    QEMU processes end by themselves (`timeout` in `_spawn`)."""
+    for entry in run_dir.iterdir():
+        pid = entry.name.partition("-")[0]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            log.warning("removing the run directory of a vm runner that is gone: %s", entry)
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def _leaves(pid: int) -> list[int]:
+    """The descendants of `pid` that have no children themselves."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return []
+    return [leaf for child in children for leaf in (_leaves(int(child)) or [int(child)])]
 
 
 def kernel_command_line(accel: str) -> str:
@@ -468,7 +498,9 @@ class _PooledGuest:
 
     @property
     def alive(self) -> bool:
-        return self.vm is not None and self.vm.alive
+        """Still waiting, and not so long that it may stop waiting before its job reaches it."""
+        vm = self.vm
+        return vm is not None and vm.alive and time.monotonic() - vm.started_at < POOL_WAIT_S - 60
 
     async def discard(self) -> None:
         if self.vm is not None:

@@ -10,7 +10,6 @@ waiting is discarded when it is reached.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -96,9 +95,9 @@ class VmPool(Generic[G]):
         """Stop refilling and discard every waiting guest."""
         self.image = None
         if self._filling is not None:
-            self._filling.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._filling
+            # Not cancelled: a boot cut off inside process creation would orphan its QEMU. Booting
+            # only spawns the process; the fill then sees the image changed and discards the guest.
+            await self._filling
         while self._idle:
             self._discard(self._idle.popleft())
         await asyncio.gather(*self._discards)
