@@ -11,6 +11,8 @@ from collections.abc import AsyncIterator
 
 from hypercorn.config import Config
 from starlette.applications import Starlette
+from starlette.routing import Mount
+from starlette.staticfiles import StaticFiles
 
 from api.app import Edge, create_app
 from api.connections import ConnectionManager
@@ -23,6 +25,7 @@ from api.workers import IN_PROCESS, WorkerRegistry, WorkerReport
 from catalog.entry import load_catalog
 from catalog.store import ImageStore
 from pe.settings import Settings
+from web.site import cached_site
 from worker.pull import PullWorker
 from worker.runner import Runner
 
@@ -96,7 +99,10 @@ def make_app(settings: Settings, *, with_worker: bool = True) -> Starlette:
             await edge.dispatcher.workers.close()
             await state.close()
 
-    return create_app(edge, lifespan=lifespan)
+    app = create_app(edge, lifespan=lifespan)
+    # The static site at /, after the API routes (docs/web.md): built on start, cached by its inputs.
+    app.router.routes.append(Mount("/", StaticFiles(directory=cached_site(settings.cache_dir), html=True)))
+    return app
 
 
 @contextlib.asynccontextmanager

@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import os
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pe.settings import FIELD_HELP, Settings, env_name, load_settings
@@ -199,6 +200,23 @@ def cmd_guest_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_site_build(args: argparse.Namespace) -> int:
+    from web.assets import AssetError
+    from web.site import build_site, cached_site
+
+    cache_dir = settings_from(args).cache_dir
+    try:
+        if args.out:
+            out = Path(args.out)
+            build_site(out, cache_dir, api_base=args.api_base)
+        else:
+            out = cached_site(cache_dir, api_base=args.api_base)
+    except AssetError as error:
+        sys.exit(f"pe site build: {error}")
+    print(out)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pe", description="Program Explorer: run programs in catalogue images"
@@ -371,6 +389,18 @@ def build_parser() -> argparse.ArgumentParser:
     guest_build = guest_commands.add_parser("build", help="build the guest, or find it in the cache")
     add_settings_flags(guest_build)
     guest_build.set_defaults(handler=cmd_guest_build)
+
+    site = commands.add_parser("site", help="the static web site (docs/web.md)")
+    site_commands = site.add_subparsers(dest="site_command", required=True)
+    site_build = site_commands.add_parser("build", help="render the site: playground, catalogue, API docs")
+    site_build.add_argument(
+        "--out", metavar="DIR", help="where to write it (default: a cache folder keyed by its inputs)"
+    )
+    site_build.add_argument(
+        "--api-base", default="", metavar="URL", help="the API's address (default: the site's own origin)"
+    )
+    add_settings_flags(site_build)
+    site_build.set_defaults(handler=cmd_site_build)
     return parser
 
 

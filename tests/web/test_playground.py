@@ -1,0 +1,118 @@
+"""The playground in Debian's Chromium, driven by Playwright, against a real `pe serve` (docs/web.md).
+
+Each test saves a screenshot under its tmp dir and copies it to /tmp/pe-screens/ to be looked at."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pe.child import NO_RATE_LIMITS, ServeProcess, start_serve
+
+CHROMIUM = Path("/usr/bin/chromium")
+SCREENS = Path("/tmp/pe-screens")
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]  # fmt: skip
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed"),
+    pytest.mark.skipif(os.geteuid() != 0, reason="the sandbox runner needs root (crun, mounts)"),
+]
+sync_api = pytest.importorskip("playwright.sync_api")
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+    profile = tmp_path_factory.mktemp("chromium-profile")
+    with sync_api.sync_playwright() as playwright:
+        context = playwright.chromium.launch_persistent_context(
+            str(profile), executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
+        )
+        yield context
+        context.close()
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
+    served = start_serve(tmp_path_factory.mktemp("serve") / "serve.log", *NO_RATE_LIMITS)
+    yield served
+    served.stop()
+
+
+def screenshot(page, tmp_path: Path, name: str) -> None:
+    path = tmp_path / f"{name}.png"
+    page.screenshot(path=path, full_page=True)
+    SCREENS.mkdir(exist_ok=True)
+    shutil.copy(path, SCREENS / path.name)
+
+
+def open_playground(browser, url: str):
+    page = browser.new_page()
+    page.goto(url)
+    page.wait_for_selector("body[data-ready=true]")
+    return page
+
+
+def test_python_hello_world_prints_its_output(browser, site: ServeProcess, tmp_path: Path) -> None:
+    page = open_playground(browser, f"{site.url}/#image=python3&example=0")
+    page.locator(".cm-content").click()
+    page.keyboard.press("Control+a")
+    page.keyboard.type("print('hello from the playground')\n")
+    page.keyboard.press("Control+Enter")
+    stdout = page.locator("[data-stream=stdout] pre")
+    stdout.wait_for(timeout=20_000)
+    screenshot(page, tmp_path, "python3-hello")
+    assert stdout.inner_text().strip() == "hello from the playground"
+    assert page.locator("#status").get_attribute("data-state") in ("ok", "cached")
+    assert "wall" in page.locator("#stats").inner_text()
+    # At phone width, in the dark theme, nothing is wider than the screen.
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.emulate_media(color_scheme="dark")
+    screenshot(page, tmp_path, "python3-phone-dark")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    # The session survives a reload (localStorage).
+    page.reload()
+    page.wait_for_selector("body[data-ready=true]")
+    assert "hello from the playground" in page.locator(".cm-content").inner_text()
+    page.close()
+
+
+def test_graphviz_example_shows_an_image(browser, site: ServeProcess, tmp_path: Path) -> None:
+    page = open_playground(browser, f"{site.url}/#image=graphviz&example=0")
+    page.get_by_role("button", name="Run").click()
+    image = page.locator("[data-file='out.svg'] img")
+    image.wait_for(timeout=20_000)
+    page.wait_for_function("document.querySelector(\"[data-file='out.svg'] img\").complete")
+    screenshot(page, tmp_path, "graphviz-svg")
+    width, height = image.evaluate("img => [img.naturalWidth, img.naturalHeight]")
+    assert width > 0 and height > 0
+    assert image.get_attribute("src").startswith("blob:")
+    assert page.locator("svg text").count() == 0  # the SVG is not inlined into the page
+    page.close()
+
+
+def test_rate_limited_run_shows_a_clear_message(browser, tmp_path: Path) -> None:
+    flags = ("--rate-runs-per-s", "0.01", "--rate-runs-burst", "1")
+    served = start_serve(tmp_path / "serve.log", *flags)
+    try:
+        page = open_playground(browser, f"{served.url}/#image=busybox&example=1")
+        page.locator("#env").evaluate("el => el.closest('details').open = true")
+        for attempt in ("A=1", "A=2"):  # two runs the cache cannot answer
+            page.locator("#env").fill(attempt)
+            page.get_by_role("button", name="Run").click()
+            page.wait_for_function("!document.getElementById('run').disabled", timeout=20_000)
+        screenshot(page, tmp_path, "rate-limited")
+        status = page.locator("#status")
+        assert status.get_attribute("data-state") == "rate_limited"
+        assert "Rate limited" in status.inner_text() and "try again in" in status.inner_text()
+        assert "stale" in page.locator("section.outputs").get_attribute("class")
+        page.close()
+    finally:
+        served.stop()

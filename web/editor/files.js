@@ -1,0 +1,122 @@
+// The file tabs and the CodeMirror editor: one EditorState per file, the view shows the selected one.
+import { EditorState } from "@codemirror/state";
+import { EditorView, keymap } from "@codemirror/view";
+import { basicSetup } from "codemirror";
+import { indentWithTab } from "@codemirror/commands";
+import { python } from "@codemirror/lang-python";
+import { cpp } from "@codemirror/lang-cpp";
+import { javascript } from "@codemirror/lang-javascript";
+import { markdown } from "@codemirror/lang-markdown";
+
+const LANGUAGES = {
+  py: python, c: cpp, h: cpp, cc: cpp, cpp: cpp, hpp: cpp, cxx: cpp,
+  js: javascript, mjs: javascript, ts: () => javascript({ typescript: true }), json: javascript,
+  md: markdown, markdown: markdown,
+};
+
+function language(path) {
+  const make = LANGUAGES[path.split(".").pop().toLowerCase()];
+  return make ? [make()] : [];
+}
+
+export class Files {
+  /** `onChange()` is called after any edit, so the caller can save the session. */
+  constructor(tabs, parent, onChange, extraKeys) {
+    this.tabs = tabs;
+    this.onChange = onChange;
+    this.states = new Map();
+    this.current = null;
+    this.extensions = [
+      basicSetup,
+      keymap.of([...extraKeys, indentWithTab]),
+      EditorView.updateListener.of((update) => update.docChanged && this.onChange()),
+      EditorView.contentAttributes.of({ "aria-label": "File contents" }),
+    ];
+    this.view = new EditorView({ parent, state: EditorState.create({ extensions: this.extensions }) });
+  }
+
+  /** Replace every file with `files` ({path: text}) and select `selected` (else the first). */
+  load(files, selected) {
+    this.states = new Map(Object.entries(files).map(([path, text]) => [path, this.#state(path, text)]));
+    this.select(this.states.has(selected) ? selected : this.states.keys().next().value ?? null);
+  }
+
+  /** {path: text} of every file. */
+  contents() {
+    this.#keep();
+    return Object.fromEntries([...this.states].map(([path, state]) => [path, state.doc.toString()]));
+  }
+
+  select(path) {
+    this.#keep();
+    this.current = path;
+    const state = path === null ? EditorState.create({ extensions: this.extensions }) : this.states.get(path);
+    this.view.setState(state);
+    this.view.contentDOM.setAttribute("contenteditable", String(path !== null));
+    this.#renderTabs();
+  }
+
+  add(path, text = "") {
+    this.#keep();
+    if (!this.states.has(path)) this.states.set(path, this.#state(path, text));
+    this.select(path);
+    this.onChange();
+  }
+
+  rename(from, to) {
+    this.#keep();
+    if (!this.states.has(from) || this.states.has(to)) return false;
+    const text = this.states.get(from).doc.toString();
+    this.states = new Map([...this.states].map(([path, state]) => (path === from ? [to, this.#state(to, text)] : [path, state])));
+    this.current = null;
+    this.select(to);
+    this.onChange();
+    return true;
+  }
+
+  remove(path) {
+    this.#keep();
+    this.states.delete(path);
+    this.current = null;
+    this.select(this.states.keys().next().value ?? null);
+    this.onChange();
+  }
+
+  focus() {
+    this.view.focus();
+  }
+
+  #state(path, text) {
+    return EditorState.create({ doc: text, extensions: [...this.extensions, ...language(path)] });
+  }
+
+  #keep() {
+    if (this.current !== null && this.states.has(this.current)) this.states.set(this.current, this.view.state);
+  }
+
+  #renderTabs() {
+    this.tabs.replaceChildren();
+    for (const path of this.states.keys()) {
+      const tab = document.createElement("button");
+      tab.type = "button";
+      tab.role = "tab";
+      tab.textContent = path;
+      tab.setAttribute("aria-selected", String(path === this.current));
+      tab.tabIndex = path === this.current ? 0 : -1;
+      tab.addEventListener("click", () => this.select(path));
+      tab.addEventListener("keydown", (event) => this.#arrows(event, path));
+      this.tabs.append(tab);
+    }
+  }
+
+  // Left/Right move between tabs (the WAI-ARIA tabs pattern); Enter/Space select, as for any button.
+  #arrows(event, path) {
+    const paths = [...this.states.keys()];
+    const step = { ArrowRight: 1, ArrowLeft: -1 }[event.key];
+    if (!step) return;
+    event.preventDefault();
+    const next = paths[(paths.indexOf(path) + step + paths.length) % paths.length];
+    this.select(next);
+    this.tabs.querySelector("[aria-selected=true]")?.focus();
+  }
+}
