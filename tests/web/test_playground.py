@@ -116,3 +116,22 @@ def test_rate_limited_run_shows_a_clear_message(browser, tmp_path: Path) -> None
         page.close()
     finally:
         served.stop()
+
+
+def test_catalogue_filters_by_mime_type_and_opens_examples(
+    browser, site: ServeProcess, tmp_path: Path
+) -> None:
+    page = browser.new_page()
+    page.goto(f"{site.url}/catalog.html")
+    page.get_by_label("Output type").select_option("image/svg+xml")
+    screenshot(page, tmp_path, "catalogue-svg")
+    visible = page.locator(".card:not([hidden])").evaluate_all("cards => cards.map(c => c.dataset.id)")
+    assert "graphviz" in visible and "busybox" not in visible
+    page.goto(f"{site.url}/images/graphviz.html")
+    page.get_by_role("link", name="circle layout to PNG").click()
+    page.wait_for_selector("body[data-ready=true]")
+    screenshot(page, tmp_path, "graphviz-example-opened")
+    assert page.get_by_label("Output format").input_value() == "png"
+    assert page.get_by_label("Layout engine").input_value() == "circo"
+    assert "graph ring" in page.locator(".cm-content").inner_text()
+    page.close()

@@ -20,7 +20,13 @@ function entry() {
   return images.get(ui.image.value);
 }
 
+// Options fill the image's command template, which a given argv replaces: say so.
+function noteArgv() {
+  $("options-note").hidden = lines(ui.argv.value).length === 0;
+}
+
 function save() {
+  noteArgv();
   const session = {
     image: ui.image.value, files: files.contents(), selected: files.current, options: readOptions(ui.options),
     argv: ui.argv.value, env: ui.env.value, stdin: ui.stdin.value,

@@ -49,7 +49,8 @@ function resultMessage(result) {
 
 /** "wall 12 ms · CPU 8 ms · memory 9.1 MiB · limits 5000 ms, 256 MiB". */
 export function figures(result) {
-  const parts = [`wall ${result.wall_ms} ms`, `CPU ${result.cpu_ms} ms`, `memory ${(result.max_rss_kib / 1024).toFixed(1)} MiB`];
+  const ms = (value) => `${Math.round(value ?? 0)} ms`;
+  const parts = [`wall ${ms(result.wall_ms)}`, `CPU ${ms(result.cpu_ms)}`, `memory ${(result.max_rss_kib / 1024).toFixed(1)} MiB`];
   if (result.limits) parts.push(`limits ${result.limits.wall_ms} ms, ${result.limits.memory_mib} MiB`);
   return parts.join(" · ");
 }
