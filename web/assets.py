@@ -48,7 +48,16 @@ def bundle(modules: Path, out_dir: Path) -> None:
     """Bundle each entry point with its npm imports into `out_dir/<name>.js` (minified ES modules)."""
     esbuild = modules / ".bin" / "esbuild"
     outputs = [f"{name}={path}" for name, path in ENTRY_POINTS.items()]
-    command = [str(esbuild), *outputs, "--bundle", "--minify", "--format=esm", "--target=es2020"]
+    command = [
+        str(esbuild),
+        *outputs,
+        "--bundle",
+        "--splitting",
+        "--minify",
+        "--format=esm",
+        "--target=es2020",
+    ]
+    command += ["--chunk-names=chunks/[name]-[hash]"]  # language modes, loaded when needed
     command += ["--log-level=warning", f"--outdir={out_dir}"]
     # Imports resolve from the cached node_modules, not from a node_modules beside the sources.
     _run(command, cwd=WEB, env={**os.environ, "NODE_PATH": str(modules)})

@@ -81,6 +81,11 @@ def test_python_hello_world_prints_its_output(browser, site: ServeProcess, tmp_p
     page.reload()
     page.wait_for_selector("body[data-ready=true]")
     assert "hello from the playground" in page.locator(".cm-content").inner_text()
+    # Python's mode (a chunk loaded when needed) colours the string.
+    coloured = """() => [...document.querySelectorAll('.cm-line span')].some(span =>
+        span.textContent.includes('hello')
+        && getComputedStyle(span).color !== getComputedStyle(span.parentElement).color)"""
+    page.wait_for_function(coloured, timeout=5_000)
     page.close()
 
 

@@ -1,22 +1,22 @@
 // The file tabs and the CodeMirror editor: one EditorState per file, the view shows the selected one.
-import { EditorState } from "@codemirror/state";
+import { Compartment, EditorState } from "@codemirror/state";
 import { EditorView, keymap } from "@codemirror/view";
 import { basicSetup } from "codemirror";
 import { indentWithTab } from "@codemirror/commands";
-import { python } from "@codemirror/lang-python";
-import { cpp } from "@codemirror/lang-cpp";
-import { javascript } from "@codemirror/lang-javascript";
-import { markdown } from "@codemirror/lang-markdown";
 
+// Language modes are separate chunks, loaded when a file needs one (they are most of the bundle).
+const python = () => import("@codemirror/lang-python").then((m) => m.python());
+const cpp = () => import("@codemirror/lang-cpp").then((m) => m.cpp());
+const javascript = (options) => () => import("@codemirror/lang-javascript").then((m) => m.javascript(options));
+const markdown = () => import("@codemirror/lang-markdown").then((m) => m.markdown());
 const LANGUAGES = {
   py: python, c: cpp, h: cpp, cc: cpp, cpp: cpp, hpp: cpp, cxx: cpp,
-  js: javascript, mjs: javascript, ts: () => javascript({ typescript: true }), json: javascript,
+  js: javascript(), mjs: javascript(), json: javascript(), ts: javascript({ typescript: true }),
   md: markdown, markdown: markdown,
 };
 
-function language(path) {
-  const make = LANGUAGES[path.split(".").pop().toLowerCase()];
-  return make ? [make()] : [];
+function loadLanguage(path) {
+  return LANGUAGES[path.split(".").pop().toLowerCase()]?.() ?? null;
 }
 
 export class Files {
@@ -26,6 +26,7 @@ export class Files {
     this.onChange = onChange;
     this.states = new Map();
     this.current = null;
+    this.language = new Compartment();
     this.extensions = [
       basicSetup,
       keymap.of([...extraKeys, indentWithTab]),
@@ -87,7 +88,19 @@ export class Files {
   }
 
   #state(path, text) {
-    return EditorState.create({ doc: text, extensions: [...this.extensions, ...language(path)] });
+    const state = EditorState.create({ doc: text, extensions: [...this.extensions, this.language.of([])] });
+    loadLanguage(path)?.then((language) => this.#setLanguage(path, language)).catch(() => {});
+    return state;
+  }
+
+  // Give `path` its language once loaded (if the file still exists: it may be renamed or deleted).
+  #setLanguage(path, language) {
+    this.#keep();
+    const state = this.states.get(path);
+    if (!state) return;
+    const effects = this.language.reconfigure(language);
+    if (path === this.current) this.view.dispatch({ effects });
+    else this.states.set(path, state.update({ effects }).state);
   }
 
   #keep() {
