@@ -140,3 +140,20 @@ def test_catalogue_filters_by_mime_type_and_opens_examples(
     assert page.get_by_label("Layout engine").input_value() == "circo"
     assert "graph ring" in page.locator(".cm-content").inner_text()
     page.close()
+
+
+def test_timeout_shows_the_limit_that_applied(browser, site: ServeProcess, tmp_path: Path) -> None:
+    page = open_playground(browser, f"{site.url}/#image=python3")
+    page.locator(".cm-content").click()
+    page.keyboard.press("Control+a")
+    page.keyboard.type("while True:\npass")
+    page.locator("#advanced summary").click()
+    page.get_by_label("argv").fill("")
+    page.get_by_label("Wall time limit (ms)").fill("700")
+    page.get_by_role("button", name="Run").click()
+    page.wait_for_function("!document.getElementById('run').disabled", timeout=20_000)
+    screenshot(page, tmp_path, "timeout")
+    status = page.locator("#status")
+    assert status.get_attribute("data-state") == "timeout"
+    assert status.inner_text() == "Timed out after 700 ms"
+    page.close()

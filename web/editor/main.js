@@ -12,6 +12,7 @@ const ui = {
   search: $("image-search"), list: $("image-list"), image: $("image"), example: $("example"),
   description: $("image-description"), options: $("options"), argv: $("argv"), env: $("env"), stdin: $("stdin"),
   run: $("run"), status: $("status"), stats: $("stats"), outputs: $("outputs"),
+  limits: [$("limit-wall"), $("limit-memory")],
 };
 let images = new Map();
 let files;
@@ -30,6 +31,7 @@ function save() {
   const session = {
     image: ui.image.value, files: files.contents(), selected: files.current, options: readOptions(ui.options),
     argv: ui.argv.value, env: ui.env.value, stdin: ui.stdin.value,
+    limits: Object.fromEntries(ui.limits.map((input) => [input.dataset.limit, input.value])),
   };
   localStorage.setItem(STORAGE_KEY, JSON.stringify(session));
 }
@@ -48,6 +50,10 @@ function open(imageId, session = {}) {
   ui.argv.value = session.argv ?? "";
   ui.env.value = session.env ?? "";
   ui.stdin.value = session.stdin ?? "";
+  for (const input of ui.limits) {
+    input.value = session.limits?.[input.dataset.limit] ?? "";
+    input.placeholder = `default ${image.limits[input.dataset.limit]}`;  // the image's own default
+  }
   save();
 }
 
@@ -77,6 +83,8 @@ function spec() {
   const env = lines(ui.env.value).map((line) => line.split(/=(.*)/s));
   if (env.length) body.env = Object.fromEntries(env.map(([name, value]) => [name, value ?? ""]));
   if (ui.stdin.value) body.stdin = { text: ui.stdin.value };
+  const limits = ui.limits.filter((input) => input.value !== "");
+  if (limits.length) body.limits = Object.fromEntries(limits.map((input) => [input.dataset.limit, Number(input.value)]));
   return body;
 }
 
@@ -87,6 +95,8 @@ function setStatus(state, message) {
 
 async function runNow() {
   if (ui.run.disabled || invalidOption(ui.options)) return;
+  const badLimit = ui.limits.find((input) => !input.checkValidity());
+  if (badLimit) return badLimit.reportValidity();
   save();
   ui.run.disabled = true;
   setStatus("running", "Running…");
@@ -139,7 +149,7 @@ async function start() {
   });
   ui.example.addEventListener("change", () => ui.example.value && openExample(ui.image.value, Number(ui.example.value)));
   ui.options.addEventListener("input", save);
-  for (const field of [ui.argv, ui.env, ui.stdin]) field.addEventListener("input", save);
+  for (const field of [ui.argv, ui.env, ui.stdin, ...ui.limits]) field.addEventListener("input", save);
   ui.run.addEventListener("click", runNow);
   document.addEventListener("keydown", (event) => {
     if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) {
