@@ -25,6 +25,7 @@ from api.workers import IN_PROCESS, WorkerRegistry, WorkerReport
 from catalog.entry import load_catalog
 from catalog.store import ImageStore
 from pe.settings import Settings
+from web.assets import AssetError
 from web.site import cached_site
 from worker.pull import PullWorker
 from worker.runner import Runner
@@ -101,7 +102,13 @@ def make_app(settings: Settings, *, with_worker: bool = True) -> Starlette:
 
     app = create_app(edge, lifespan=lifespan)
     # The static site at /, after the API routes (docs/web.md): built on start, cached by its inputs.
-    app.router.routes.append(Mount("/", StaticFiles(directory=cached_site(settings.cache_dir), html=True)))
+    # Without npm (an API-only host) the API is served alone.
+    try:
+        site = cached_site(settings.cache_dir)
+    except AssetError as error:
+        log.error("serving the API without the web site, which could not be built: %s", error)
+    else:
+        app.router.routes.append(Mount("/", StaticFiles(directory=site, html=True)))
     return app
 
 
