@@ -157,3 +157,22 @@ def test_timeout_shows_the_limit_that_applied(browser, site: ServeProcess, tmp_p
     assert status.get_attribute("data-state") == "timeout"
     assert status.inner_text() == "Timed out after 700 ms"
     page.close()
+
+
+def test_an_uploaded_binary_file_reaches_the_program(browser, site: ServeProcess, tmp_path: Path) -> None:
+    data = tmp_path / "data.bin"
+    data.write_bytes(bytes([0, 1, 2, 254, 255]))
+    page = open_playground(browser, f"{site.url}/#image=python3")
+    page.locator(".cm-content").click()
+    page.keyboard.press("Control+a")
+    page.keyboard.type("print(open('data.bin', 'rb').read().hex())\n")
+    page.locator("#upload").set_input_files(str(data))
+    page.get_by_role("tab", name="data.bin", selected=True).wait_for()
+    assert "binary file, 5 bytes" in page.locator(".cm-content").inner_text()
+    page.get_by_role("tab", name="main.py").click()
+    page.keyboard.press("Control+Enter")
+    stdout = page.locator("[data-stream=stdout] pre")
+    stdout.wait_for(timeout=20_000)
+    screenshot(page, tmp_path, "upload-binary")
+    assert stdout.inner_text().strip() == "000102feff"
+    page.close()

@@ -19,12 +19,19 @@ function loadLanguage(path) {
   return LANGUAGES[path.split(".").pop().toLowerCase()]?.() ?? null;
 }
 
+// A binary file (uploaded) is kept as base64 and shown read-only as a one-line description.
+function describe(base64) {
+  const bytes = Math.floor((base64.length * 3) / 4) - (base64.match(/=*$/)[0].length);
+  return `(binary file, ${bytes} bytes: sent as it is, not editable here)`;
+}
+
 export class Files {
   /** `onChange()` is called after any edit, so the caller can save the session. */
   constructor(tabs, parent, onChange, extraKeys) {
     this.tabs = tabs;
     this.onChange = onChange;
     this.states = new Map();
+    this.binary = new Map(); // path -> base64
     this.current = null;
     this.language = new Compartment();
     this.extensions = [
@@ -36,16 +43,20 @@ export class Files {
     this.view = new EditorView({ parent, state: EditorState.create({ extensions: this.extensions }) });
   }
 
-  /** Replace every file with `files` ({path: text}) and select `selected` (else the first). */
+  /** Replace every file with `files` ({path: text or {base64}}) and select `selected` (else the first). */
   load(files, selected) {
-    this.states = new Map(Object.entries(files).map(([path, text]) => [path, this.#state(path, text)]));
+    this.binary = new Map();
+    this.states = new Map();
+    for (const [path, content] of Object.entries(files)) this.#put(path, content);
     this.select(this.states.has(selected) ? selected : this.states.keys().next().value ?? null);
   }
 
-  /** {path: text} of every file. */
+  /** {path: text, or {base64} for a binary file} of every file. */
   contents() {
     this.#keep();
-    return Object.fromEntries([...this.states].map(([path, state]) => [path, state.doc.toString()]));
+    return Object.fromEntries(
+      [...this.states].map(([path, state]) => [path, this.binary.has(path) ? { base64: this.binary.get(path) } : state.doc.toString()]),
+    );
   }
 
   select(path) {
@@ -53,13 +64,18 @@ export class Files {
     this.current = path;
     const state = path === null ? EditorState.create({ extensions: this.extensions }) : this.states.get(path);
     this.view.setState(state);
-    this.view.contentDOM.setAttribute("contenteditable", String(path !== null));
+    this.view.contentDOM.setAttribute("contenteditable", String(path !== null && !this.binary.has(path)));
     this.#renderTabs();
   }
 
-  add(path, text = "") {
+  /** Add (or replace, for an upload) `path` with `content`: text, or {base64}. */
+  add(path, content = "", replace = false) {
     this.#keep();
-    if (!this.states.has(path)) this.states.set(path, this.#state(path, text));
+    if (replace || !this.states.has(path)) {
+      this.binary.delete(path);
+      this.#put(path, content);
+    }
+    this.current = null;
     this.select(path);
     this.onChange();
   }
@@ -67,8 +83,10 @@ export class Files {
   rename(from, to) {
     this.#keep();
     if (!this.states.has(from) || this.states.has(to)) return false;
-    const text = this.states.get(from).doc.toString();
-    this.states = new Map([...this.states].map(([path, state]) => (path === from ? [to, this.#state(to, text)] : [path, state])));
+    const content = this.contents()[from];
+    this.binary.delete(from);
+    this.states.delete(from);
+    this.#put(to, content);
     this.current = null;
     this.select(to);
     this.onChange();
@@ -78,6 +96,7 @@ export class Files {
   remove(path) {
     this.#keep();
     this.states.delete(path);
+    this.binary.delete(path);
     this.current = null;
     this.select(this.states.keys().next().value ?? null);
     this.onChange();
@@ -85,6 +104,16 @@ export class Files {
 
   focus() {
     this.view.focus();
+  }
+
+  #put(path, content) {
+    if (typeof content === "string") {
+      this.states.set(path, this.#state(path, content));
+      return;
+    }
+    this.binary.set(path, content.base64);
+    const extensions = [...this.extensions, EditorState.readOnly.of(true), EditorView.editable.of(false)];
+    this.states.set(path, EditorState.create({ doc: describe(content.base64), extensions }));
   }
 
   #state(path, text) {

@@ -75,7 +75,9 @@ function spec() {
   const options = Object.fromEntries(Object.entries(readOptions(ui.options)).filter(([, v]) => v !== undefined));
   const body = {
     image: image.id,
-    files: Object.fromEntries(Object.entries(files.contents()).map(([path, text]) => [path, { text }])),
+    files: Object.fromEntries(
+      Object.entries(files.contents()).map(([path, content]) => [path, typeof content === "string" ? { text: content } : content]),
+    ),
     options,
   };
   const argv = lines(ui.argv.value);
@@ -120,6 +122,26 @@ function askPath(message, initial) {
   return path ? path.replace(/^\/+/, "") : null;
 }
 
+/** Add uploaded or dropped files: text when they are UTF-8 without NUL, else binary (base64). */
+async function addUploads(list) {
+  for (const file of list) {
+    const bytes = new Uint8Array(await file.arrayBuffer());
+    let content;
+    try {
+      const text = new TextDecoder("utf-8", { fatal: true }).decode(bytes);
+      content = text.includes("\0") ? null : text;
+    } catch {
+      content = null;
+    }
+    if (content === null) {
+      let binary = "";
+      for (let i = 0; i < bytes.length; i += 0x8000) binary += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+      content = { base64: btoa(binary) };
+    }
+    files.add(file.name, content, true);
+  }
+}
+
 function fromFragment() {
   const params = new URLSearchParams(location.hash.slice(1));
   if (!params.has("image")) return false;
@@ -160,6 +182,17 @@ async function start() {
   $("add-file").addEventListener("click", () => {
     const path = askPath("New file name", "file.txt");
     if (path) files.add(path);
+  });
+  $("upload-file").addEventListener("click", () => $("upload").click());
+  $("upload").addEventListener("change", async (event) => {
+    await addUploads(event.target.files);
+    event.target.value = "";
+  });
+  $("editor").addEventListener("dragover", (event) => event.preventDefault());
+  $("editor").addEventListener("drop", (event) => {
+    if (!event.dataTransfer?.files.length) return;
+    event.preventDefault();
+    addUploads(event.dataTransfer.files);
   });
   $("rename-file").addEventListener("click", () => {
     if (files.current === null) return;
