@@ -72,6 +72,9 @@ def test_python_hello_world_prints_its_output(browser, site: ServeProcess, tmp_p
     assert stdout.inner_text().strip() == "hello from the playground"
     assert page.locator("#status").get_attribute("data-state") in ("ok", "cached")
     assert "wall" in page.locator("#stats").inner_text()
+    page.keyboard.press("Control+Enter")  # the same run again: answered from the cache
+    page.wait_for_function("document.getElementById('status').dataset.state === 'cached'", timeout=10_000)
+    assert page.locator("#status").inner_text() == "Done (cached)"
     # At phone width, in the dark theme, nothing is wider than the screen.
     page.set_viewport_size({"width": 390, "height": 844})
     page.emulate_media(color_scheme="dark")
@@ -176,3 +179,18 @@ def test_an_uploaded_binary_file_reaches_the_program(browser, site: ServeProcess
     screenshot(page, tmp_path, "upload-binary")
     assert stdout.inner_text().strip() == "000102feff"
     page.close()
+
+
+def test_an_edge_without_workers_shows_busy(browser, tmp_path: Path) -> None:
+    flags = (*NO_RATE_LIMITS, "--worker-token", "unused")
+    served = start_serve(tmp_path / "edge.log", *flags, command_name="edge")
+    try:
+        page = open_playground(browser, f"{served.url}/#image=python3&example=0")
+        page.get_by_role("button", name="Run").click()
+        page.wait_for_function("document.getElementById('status').dataset.state === 'busy'", timeout=20_000)
+        screenshot(page, tmp_path, "busy-503")
+        message = page.locator("#status").inner_text()
+        assert message.startswith("Busy (503): no worker") and message.count("try again") == 1
+        page.close()
+    finally:
+        served.stop()

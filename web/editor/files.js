@@ -1,5 +1,5 @@
 // The file tabs and the CodeMirror editor: one EditorState per file, the view shows the selected one.
-import { Compartment, EditorState } from "@codemirror/state";
+import { Compartment, EditorState, Prec } from "@codemirror/state";
 import { EditorView, keymap } from "@codemirror/view";
 import { basicSetup } from "codemirror";
 import { indentWithTab } from "@codemirror/commands";
@@ -36,7 +36,8 @@ export class Files {
     this.language = new Compartment();
     this.extensions = [
       basicSetup,
-      keymap.of([...extraKeys, indentWithTab]),
+      Prec.highest(keymap.of(extraKeys)), // before basicSetup's own Mod-Enter (insert a blank line)
+      keymap.of([indentWithTab]),
       EditorView.updateListener.of((update) => update.docChanged && this.onChange()),
       EditorView.contentAttributes.of({ "aria-label": "File contents" }),
     ];

@@ -174,7 +174,7 @@ async function start() {
   for (const field of [ui.argv, ui.env, ui.stdin, ...ui.limits]) field.addEventListener("input", save);
   ui.run.addEventListener("click", runNow);
   document.addEventListener("keydown", (event) => {
-    if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) {
+    if (event.key === "Enter" && (event.ctrlKey || event.metaKey) && !event.defaultPrevented) {
       event.preventDefault();
       runNow();
     }

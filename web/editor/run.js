@@ -21,7 +21,8 @@ export async function run(spec) {
     return { state: "rate_limited", message: `Rate limited (429): ${detail}` };
   }
   if (response.status === 503) {
-    return { state: "busy", message: `Busy (503): ${detail}${retry ? `; try again in ${retry} s` : ""}` };
+    const when = retry && !/try again/i.test(detail) ? `; try again in ${retry} s` : "";
+    return { state: "busy", message: `Busy (503): ${detail}${when}` };
   }
   if (!response.ok || !body) return { state: "error", message: `Error ${response.status}: ${detail}` };
   return { state: resultState(body), message: resultMessage(body), result: body };
