@@ -194,3 +194,26 @@ def test_an_edge_without_workers_shows_busy(browser, tmp_path: Path) -> None:
         page.close()
     finally:
         served.stop()
+
+
+def test_changing_a_gcc_option_changes_the_result(browser, site: ServeProcess, tmp_path: Path) -> None:
+    page = open_playground(browser, f"{site.url}/#image=gcc")
+    page.locator(".cm-content").click()
+    page.keyboard.press("Control+a")
+    page.keyboard.insert_text('#include <stdio.h>\nint main(void) { printf("%ld\\n", __STDC_VERSION__); }\n')
+    stdout = page.locator("[data-stream=stdout] pre")
+    seen = {}
+    for std in ("c99", "c17"):
+        page.get_by_label("Language standard").select_option(std)
+        page.get_by_role("button", name="Run").click()
+        page.wait_for_function("!document.getElementById('run').disabled", timeout=30_000)
+        seen[std] = stdout.inner_text().strip()
+    screenshot(page, tmp_path, "gcc-std")
+    assert seen == {"c99": "199901", "c17": "201710"}
+    # A flag outside the option's pattern is refused in the form, before any request.
+    page.get_by_label("More flags").fill("-O2; rm -rf /")
+    page.get_by_role("button", name="Run").click()
+    assert page.evaluate("document.activeElement.id") == "option-flags"
+    assert page.locator("#status").inner_text().startswith("Not run: More flags: ")
+    screenshot(page, tmp_path, "gcc-bad-flag")
+    page.close()

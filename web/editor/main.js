@@ -96,9 +96,14 @@ function setStatus(state, message) {
 }
 
 async function runNow() {
-  if (ui.run.disabled || invalidOption(ui.options)) return;
-  const badLimit = ui.limits.find((input) => !input.checkValidity());
-  if (badLimit) return badLimit.reportValidity();
+  if (ui.run.disabled) return;
+  const invalid = invalidOption(ui.options) ?? ui.limits.find((input) => !input.checkValidity());
+  if (invalid) {
+    invalid.focus();
+    invalid.reportValidity();
+    const label = document.querySelector(`label[for="${invalid.id}"]`)?.textContent ?? invalid.id;
+    return setStatus("error", `Not run: ${label}: ${invalid.validationMessage}`);
+  }
   save();
   ui.run.disabled = true;
   setStatus("running", "Running…");

@@ -1,5 +1,20 @@
 // The option form, generated from an image's catalogue schema (docs/catalog.md, "Options").
 
+/** Check a text option against its pattern (whole value; the empty string is always accepted) as the
+ * edge does. Not the `pattern` attribute: browsers compile it with the `v` flag, under which a
+ * catalogue pattern such as `[-A-Za-z0-9_=+,.:/ ]*` is invalid, and an invalid pattern accepts anything. */
+function checkPattern(control, pattern) {
+  let regex;
+  try {
+    regex = new RegExp(`^(?:${pattern})$`, "u");
+  } catch {
+    return; // the edge still checks it
+  }
+  const check = () => control.setCustomValidity(control.value === "" || regex.test(control.value) ? "" : `must match ${pattern}`);
+  control.addEventListener("input", check);
+  queueMicrotask(check);
+}
+
 /** Fill `form` with one labelled control per option; `values` are the current values by name. */
 export function renderOptions(form, options, values) {
   form.replaceChildren();
@@ -31,7 +46,7 @@ export function renderOptions(form, options, values) {
         control.step = option.step ?? (option.integer === false ? "any" : 1);
       } else {
         control.type = "text";
-        if (option.pattern) control.pattern = option.pattern;
+        if (option.pattern) checkPattern(control, option.pattern);
         control.maxLength = option.max_length ?? 256;
         control.spellcheck = false;
       }
@@ -40,7 +55,7 @@ export function renderOptions(form, options, values) {
     control.id = id;
     control.name = option.name;
     control.dataset.type = option.type;
-    if (option.description) control.title = option.description;
+    if (option.help) control.title = option.help;
     if (option.type === "bool") field.append(control, label);
     else field.append(label, control);
     form.append(field);
@@ -60,13 +75,7 @@ export function readOptions(form) {
   return values;
 }
 
-/** The first control whose value the browser finds invalid (min/max/pattern), reported to the user. */
+/** The first control whose value the browser finds invalid (min/max/pattern), else null. */
 export function invalidOption(form) {
-  for (const control of form.elements) {
-    if (control.name && !control.checkValidity()) {
-      control.reportValidity();
-      return control;
-    }
-  }
-  return null;
+  return [...form.elements].find((control) => control.name && !control.checkValidity()) ?? null;
 }
