@@ -22,6 +22,7 @@ CHROMIUM_ARGS = [
 
 pytestmark = [
     pytest.mark.browser,
+    pytest.mark.sandbox,
     pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed"),
     pytest.mark.skipif(os.geteuid() != 0, reason="the sandbox runner needs root (crun, mounts)"),
 ]
