@@ -326,7 +326,7 @@ class VmRunner:
             command = [
                 "unshare", "--net", "--ipc", "--uts", "--mount", "--pid", "--fork",
                 "setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--inh-caps=-all",
-                "timeout", "--signal=KILL", f"{lifetime_s:.0f}", self.qemu, *args,
+                "timeout", "--foreground", "--signal=KILL", f"{lifetime_s:.0f}", self.qemu, *args,
             ]  # fmt: skip
             process = await asyncio.create_subprocess_exec(
                 *command,
@@ -407,14 +407,16 @@ class _Vm:
         reap it and exit in turn; then anything left in the process group. Killing a parent first
         would leave QEMU a zombie for the host's init to reap."""
         process = self.process
-        if process.returncode is None:
-            for leaf in _leaves(process.pid):
+        deadline = time.monotonic() + KILL_WAIT_S
+        while process.returncode is None and time.monotonic() < deadline:
+            for leaf in _leaves(process.pid):  # none yet if unshare has not forked
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(leaf, signal.SIGKILL)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(process.wait(), KILL_WAIT_S)
+                await asyncio.wait_for(process.wait(), 0.1)
+        if process.returncode is None:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
+                os.killpg(process.pid, signal.SIGKILL)  # timeout --foreground keeps QEMU in the group
             await process.wait()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.reader, KILL_WAIT_S)
