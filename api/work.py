@@ -4,12 +4,15 @@ its lease, hand its output back, and the admin view of the workers. Every route 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
 import json
 import logging
 import math
 import platform
 import time
+from collections.abc import Awaitable
 from typing import TypeVar
 
 from starlette.requests import Request
@@ -117,12 +120,36 @@ async def pull(request: Request) -> Response:
     wait_s = min(wait_s, edge.settings.worker_wait_s)
     if report.arch != ARCH:
         raise ApiError(422, "wrong_arch", f"this edge's images are for {ARCH}, not {report.arch}")
-    offer = await edge.dispatcher.offer(report, peer(request), wait_s)
+    offer = await _unless_gone(request, edge.dispatcher.offer(report, peer(request), wait_s))
+    if offer is None:
+        return Response(status_code=204)  # no one reads it: the worker has gone
     lease = offer.lease
     if lease is None:
         return JSONResponse({"job": None, "wanted_images": list(offer.wanted)})
     held = {"token": lease.token, "seconds": lease.seconds, "attempt": lease.attempt}
     return JSONResponse({"job": lease.job.to_json(), "lease": held})
+
+
+async def _unless_gone(request: Request, waiting: Awaitable[T]) -> T | None:
+    """`waiting`'s result; None if the worker goes away first (its stream reset, its connection
+    closed, as when it stops): `waiting` is then cancelled, so that no job is leased to a worker that
+    is gone and left there until its lease expires."""
+    answer = asyncio.ensure_future(waiting)
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait((answer, gone), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        answer.cancel()  # nothing happens when it is done
+    with contextlib.suppress(asyncio.CancelledError):
+        return await answer
+    return None
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns once the client has gone (the body has been read: the next message is the disconnect)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 async def extend(request: Request) -> Response:

@@ -1,4 +1,5 @@
-"""`pe serve` as a child process, for benchmarks and tests: start it, wait until it answers, stop it."""
+"""`pe serve` (or `pe edge`, `pe worker`) as a child process, for benchmarks and tests: start it, wait
+until it answers, stop it."""
 
 from __future__ import annotations
 
@@ -74,6 +75,15 @@ def start_serve(
             time.sleep(0.1)
     process.kill()
     raise RuntimeError(f"pe {command_name} did not answer within {timeout_s} s:\n{log.read_text()}")
+
+
+def start_worker(log: Path, edge_url: str, token: str, *flags: str) -> ServeProcess:
+    """Start `pe worker` pulling from `edge_url`, its output going to `log`. It is connected once the
+    edge lists it (`GET /api/v1/work/workers`); the caller waits for that."""
+    command = [sys.executable, "-m", "pe.cli", "worker", "--edge", edge_url, "--token", token, *flags]
+    with log.open("wb") as out:
+        process = subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+    return ServeProcess(edge_url, process, log)
 
 
 def start_redis(folder: Path, port: int, timeout_s: float = 10) -> subprocess.Popen:

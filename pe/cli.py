@@ -189,6 +189,12 @@ def cmd_bench_vm(args: argparse.Namespace) -> int:
     return bench_vm(args)
 
 
+def cmd_bench_workers(args: argparse.Namespace) -> int:
+    from pe.bench_workers import bench_workers
+
+    return bench_workers(args)
+
+
 def cmd_guest_build(args: argparse.Namespace) -> int:
     from guest.build import GuestBuildError, ensure_guest
 
@@ -383,6 +389,14 @@ def build_parser() -> argparse.ArgumentParser:
     bench_vm.add_argument("--rounds", type=int, default=5, help="rounds of the three sides (default 5)")
     add_settings_flags(bench_vm)
     bench_vm.set_defaults(handler=cmd_bench_vm)
+
+    bench_workers = bench_commands.add_parser(
+        "workers", help="remote workers: dispatch overhead and throughput vs in-process and the runner"
+    )
+    bench_workers.add_argument("-n", "--runs", type=int, default=200, help="sequential runs a side")
+    bench_workers.add_argument("--jobs", type=int, default=60, help="runs a throughput round (default 60)")
+    add_settings_flags(bench_workers)
+    bench_workers.set_defaults(handler=cmd_bench_workers)
 
     guest = commands.add_parser("guest", help="the vm runner's guest: kernel and initramfs (docs/vm.md)")
     guest_commands = guest.add_subparsers(dest="guest_command", required=True)

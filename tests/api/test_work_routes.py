@@ -192,6 +192,59 @@ def test_a_pulled_job_is_extended_completed_and_answered_once(edge: ServeProcess
     run(main())
 
 
+def test_another_worker_cannot_take_extend_or_complete_a_leased_job(edge: ServeProcess) -> None:
+    """A second worker holds the worker token but not the lease: it is not handed the job, and its
+    extends and uploads under a guessed lease token change nothing; the client gets the first's output."""
+
+    async def main() -> None:
+        async with client(edge.url) as http:
+            holder, intruder = Worker(http), Worker(http)
+            await holder.pull()
+            waiting = await submitted(http, spec())
+            job, token = await holder.pull_job()
+            intruder.images = list(holder.images)  # it could run the job
+            assert (await intruder.pull(wait_s=0.3))["job"] is None
+            guessed = uuid.uuid4().hex
+            refused = await intruder.extend(job, guessed)
+            assert refused.status_code == 409 and refused.json()["error"]["code"] == "lease_lost"
+            forged = await intruder.complete(job, guessed, pack_output(made_up(job, "forged")))
+            assert forged.status_code == 200 and forged.json() == {"accepted": False}
+            assert not waiting.done()
+            real = await holder.complete(job, token, pack_output(made_up(job, "genuine")))
+            assert real.json() == {"accepted": True}
+            assert (await waiting).json()["stdout"]["text"] == "genuine"
+
+    run(main())
+
+
+def test_a_pull_whose_worker_has_gone_is_handed_no_job(memory_edge: ServeProcess) -> None:
+    """A worker that goes away while its long poll waits (stopped: its connection closes) must not be
+    leased the next job: that job would wait out its lease before a live worker got it."""
+
+    async def main() -> None:
+        async with client(memory_edge.url) as http:
+            live = Worker(http)
+            await live.pull()
+            first = await submitted(http, spec())
+            job, token = await live.pull_job()  # learns the image it must hold
+            await live.complete(job, token, pack_output(made_up(job, "first")))
+            await first
+            async with client(memory_edge.url) as other:
+                ghost = Worker(other, tuple(live.images))
+                polling = asyncio.create_task(ghost.pull(wait_s=10))
+                await asyncio.sleep(0.3)
+                polling.cancel()
+            await asyncio.sleep(0.3)
+            waiting = await submitted(http, spec())
+            answer = await live.pull(wait_s=3)
+            assert answer["job"] is not None and answer["lease"]["attempt"] == 1
+            job, token = Job.from_json(answer["job"]), answer["lease"]["token"]
+            await live.complete(job, token, pack_output(made_up(job, "second")))
+            assert (await waiting).json()["stdout"]["text"] == "second"
+
+    run(main())
+
+
 def test_an_expired_lease_gives_the_job_to_another_worker_first(edge: ServeProcess) -> None:
     async def main() -> None:
         async with client(edge.url) as http:
