@@ -51,6 +51,7 @@ BACKOFF_BASE_S = 0.1
 BACKOFF_MAX_S = 5.0
 CONNECT_TIMEOUT_S = 5.0
 UPLOAD_TIMEOUT_S = 60.0
+UPLOAD_CHUNK_BYTES = 64 * 1024  # see _chunks
 CPIO = "application/x-cpio"
 
 
@@ -291,8 +292,18 @@ class EdgeSource:
 
 
 async def _chunks(output: RunOutput) -> AsyncIterator[bytes]:
+    """The result archive in pieces of UPLOAD_CHUNK_BYTES or more (the last may be smaller): a small
+    output goes in one piece, since each piece costs the edge and the worker a round of HTTP/2 work."""
+    pending: list[bytes] = []
+    size = 0
     for chunk in iter_pack_output(output):
-        yield chunk
+        pending.append(chunk)
+        size += len(chunk)
+        if size >= UPLOAD_CHUNK_BYTES:
+            yield b"".join(pending)
+            pending, size = [], 0
+    if pending:
+        yield b"".join(pending)
 
 
 def _json(response: httpx.Response, status: int) -> Any:
