@@ -22,7 +22,7 @@ from wire.cpio import file_entry, write_archive
 from wire.result import Status
 from wire.spec import parse_spec
 from worker.runner import Job
-from worker.vm import QEMU_UID_BASE, VmRunner, _read_output_device
+from worker.vm import POOL_UIDS, QEMU_UID_BASE, VmRunner, _read_output_device
 
 pytestmark = pytest.mark.sandbox
 
@@ -83,9 +83,16 @@ def run(runner: VmRunner, *jobs: Job) -> list:
     return asyncio.run(go())
 
 
+# This test run's QEMU uids: a range of its own, so that VMs of another test run on the same machine
+# (another checkout's CI, a developer's suite) are not taken for leftovers of this one. Below the
+# service's QEMU_UID_BASE and the sandbox's uids.
+UID_BASE = QEMU_UID_BASE - 70_000 + (os.getpid() % 30) * 2 * POOL_UIDS
+UID_END = UID_BASE + 2 * POOL_UIDS
+
+
 def our_qemus() -> list[str]:
     ps = subprocess.run(["ps", "-eo", "uid=,comm="], capture_output=True, text=True, check=True).stdout
-    return [line for line in ps.splitlines() if "qemu" in line and int(line.split()[0]) >= QEMU_UID_BASE]
+    return [line for line in ps.splitlines() if "qemu" in line and UID_BASE <= int(line.split()[0]) < UID_END]
 
 
 @pytest.fixture
@@ -98,7 +105,9 @@ def run_dir(tmp_path: Path) -> Iterator[Path]:
 
 def runner_with(guest: Guest, image: Path, run_dir: Path, **options: object) -> VmRunner:
     images = FixedImages({DIGEST: ImageLocation(image)})
-    return VmRunner(images, 1, cache_dir=run_dir, accel="tcg", run_dir=run_dir, guest=guest, **options)
+    return VmRunner(
+        images, 1, cache_dir=run_dir, accel="tcg", run_dir=run_dir, guest=guest, uid_base=UID_BASE, **options
+    )
 
 
 def test_a_kernel_panic_is_an_error_result(guest: Guest, image: Path, run_dir: Path, tmp_path: Path) -> None:
@@ -117,8 +126,7 @@ def test_a_boot_that_hangs_is_cut_off(guest: Guest, image: Path, run_dir: Path, 
 
 def test_the_runner_goes_on_after_a_failed_run(guest: Guest, image: Path, run_dir: Path) -> None:
     """A job whose image is not on this host fails; the next one on the loose erofs runs."""
-    images = FixedImages({DIGEST: ImageLocation(image)})
-    runner = VmRunner(images, 1, cache_dir=run_dir, accel="tcg", run_dir=run_dir, guest=guest)
+    runner = runner_with(guest, image, run_dir)
     missing = job(["echo", "lost"])
     missing = Job(missing.id, missing.spec, missing.argv, "busybox", "sha256:" + "1" * 64, "vm")
     lost, found = run(runner, missing, job(["sh", "-c", "echo hi; echo made > out.txt"]))
