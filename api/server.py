@@ -28,31 +28,9 @@ from pe.settings import Settings
 from web.assets import AssetError
 from web.site import cached_site
 from worker.pull import PullWorker
-from worker.runner import Runner
+from worker.runners import make_runners
 
 log = logging.getLogger("pe.edge")
-
-
-def make_runners(settings: Settings, images: ImageStore) -> dict[str, Runner]:
-    runners: dict[str, Runner] = {}
-    for kind in settings.runners:
-        if kind == "sandbox":
-            from worker.sandbox import SandboxRunner
-
-            runners[kind] = SandboxRunner(images, settings.slots)
-        elif kind == "vm":
-            from worker.vm import VmRunner
-
-            runners[kind] = VmRunner(
-                images,
-                settings.slots,
-                cache_dir=settings.cache_dir,
-                accel=settings.vm_accel,
-                pool_mib=settings.vm_pool_mib,
-            )
-        else:
-            raise ValueError(f"the {kind!r} runner is not available in this version")
-    return runners
 
 
 def make_edge(settings: Settings) -> Edge:

@@ -323,7 +323,7 @@ async def work(settings: Settings, edge_url: str) -> int:
     """`pe worker`: the runners of `settings.runners` (as in `pe serve`), the image cache under
     `<cache_dir>/worker-images`, jobs from the edge at `edge_url` until SIGTERM (see `run_worker`). 1
     when a runner cannot start on this host."""
-    from api.server import make_runners  # the same runners as the in-process worker's
+    from worker.runners import make_runners  # the same runners as the in-process worker's
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request; ours say what matters
     source = EdgeSource(
