@@ -127,7 +127,7 @@ def compare(image: ErofsImage, root: Path, *, read_bytes: int | None = None) -> 
     for path in order:
         want, got = theirs[path], ours[path]
         assert (got.mode, got.uid, got.gid) == (want.st_mode, want.st_uid, want.st_gid), path
-        assert got.mtime in (int(want.st_mtime), image.superblock.build_time), path
+        assert got.mtime in (want.st_mtime_ns // 1_000_000_000, image.superblock.build_time), path
         assert got.nlink == want.st_nlink, path
         assert got.rdev == want.st_rdev, path
         if not stat.S_ISDIR(want.st_mode):
