@@ -9,13 +9,17 @@ first); it releases what `start` made. A closed runner may be started again by a
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 from catalog.store import ImageLocation
 from wire.result import Result, RunOutput, Status, StreamInfo
 from wire.spec import Limits, RunSpec, parse_spec
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,31 @@ class Job:
             runner=obj["runner"],
             outputs=tuple(obj["outputs"]),
         )
+
+
+class StartOnce(Generic[T]):
+    """A runner's start-up: run once and shared by concurrent callers, tried again by the next caller
+    after it failed, and forgotten by `reset` (a closed runner starts again on its next use)."""
+
+    def __init__(self, setup: Callable[[], Coroutine[Any, Any, T]]) -> None:
+        self._setup = setup
+        self._future: asyncio.Future[T] | None = None
+
+    async def get(self) -> T:
+        if self._future is None:
+            self._future = asyncio.ensure_future(self._setup())
+        future = self._future
+        try:
+            return await asyncio.shield(future)
+        except Exception:
+            if self._future is future:
+                self._future = None
+            raise
+
+    def reset(self) -> asyncio.Future[T] | None:
+        """Forget the start-up and return it (None if none began), for the caller to release what it made."""
+        future, self._future = self._future, None
+        return future
 
 
 class ImageLocator(Protocol):

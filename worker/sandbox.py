@@ -27,7 +27,7 @@ from wire.spec import DEFAULT_LIMITS, MAX_FILES, MAX_INPUT_BYTES, MAX_LIMITS, Li
 from worker.cgroups import CgroupLayout, CgroupMode, Cgroups, RunCgroup, Usage, detect_layout
 from worker.mounts import RunnerMounts, SetupError, pid_alive, run_command, unmount_under
 from worker.process import Captured, Stop, run_capped
-from worker.runner import ImageLocator, Job, error_output
+from worker.runner import ImageLocator, Job, StartOnce, error_output
 from worker.workdir import Outputs, collect_outputs, write_inputs
 
 log = logging.getLogger("pe.worker.sandbox")
@@ -72,23 +72,14 @@ class SandboxRunner:
         self.init = init
         self._slots = asyncio.Semaphore(slots)
         self._free = list(range(slots))
-        self._start: asyncio.Future[_Started] | None = None
+        self._start = StartOnce(self._setup)
         self._runs = itertools.count(1)
         self._cleanups: set[asyncio.Future[None]] = set()
 
     async def start(self) -> None:
         """Prepare the host side (idempotent; `run` calls it). Raises SetupError or CgroupError when
         the host cannot run sandboxes."""
-        await self._started()
-
-    async def _started(self) -> _Started:
-        if self._start is None:
-            self._start = asyncio.ensure_future(self._setup())
-        try:
-            return await asyncio.shield(self._start)
-        except Exception:
-            self._start = None
-            raise
+        await self._start.get()
 
     async def _setup(self) -> _Started:
         if os.geteuid() != 0:
@@ -125,7 +116,7 @@ class SandboxRunner:
 
     async def close(self) -> None:
         """Kill anything left, unmount the images and the tmpfs, drop the namespace and cgroups."""
-        start, self._start = self._start, None
+        start = self._start.reset()
         if start is None:
             return
         try:
@@ -138,7 +129,7 @@ class SandboxRunner:
 
     async def run(self, job: Job) -> RunOutput:
         try:
-            state = await self._started()
+            state = await self._start.get()
         except Exception as error:
             log.error("sandbox runner cannot start: %s", error, extra={"run_id": job.id})
             return error_output(job, f"the sandbox runner cannot start: {error}")
@@ -259,7 +250,7 @@ class SandboxRunner:
         """The bare crun invocation of a run, for `pe bench` to time from a shell loop: a bundle made
         once (no input files) and the command line a run would spawn. Runs of it must not overlap;
         the bundle and its cgroup last until `close`."""
-        state = await self._started()
+        state = await self._start.get()
         name = f"pe-{state.token}-bench{next(self._runs)}"
         root = await state.mounts.image(self._locate(digest))
         bundle = self._make_bundle(state, name, self.uid_base)

@@ -38,7 +38,7 @@ from wire.spec import DEFAULT_LIMITS, MAX_FILES, MAX_INPUT_BYTES, MAX_LIMITS, Li
 from worker.cgroups import Usage
 from worker.mounts import pid_alive
 from worker.process import Captured, Stop
-from worker.runner import ImageLocator, Job, error_output
+from worker.runner import ImageLocator, Job, StartOnce, error_output
 from worker.sandbox import _output
 from worker.vmpool import VmPool
 from worker.workdir import collect_outputs
@@ -116,23 +116,14 @@ class VmRunner:
         self.guest = guest
         self._slots = asyncio.Semaphore(slots)
         self._free = list(range(slots))
-        self._start: asyncio.Future[_Started] | None = None
+        self._start = StartOnce(self._setup)
         pool_size = pool_mib // (POOL_LIMITS.memory_mib + GUEST_MIB)
         self._pool = VmPool(self._boot_pooled, pool_size) if pool_size else None
         self._pool_uids = itertools.count()
 
     async def start(self) -> None:
         """Build or find the guest and choose the accelerator; raises when the host cannot run VMs."""
-        await self._started()
-
-    async def _started(self) -> _Started:
-        if self._start is None:
-            self._start = asyncio.ensure_future(self._setup())
-        try:
-            return await asyncio.shield(self._start)
-        except Exception:
-            self._start = None
-            raise
+        await self._start.get()
 
     async def _setup(self) -> _Started:
         missing = [tool for tool in (self.qemu, "unshare", "setpriv") if shutil.which(tool) is None]
@@ -151,7 +142,7 @@ class VmRunner:
 
     async def chosen_accel(self) -> str:
         """The accelerator the runs use ("kvm" or "tcg"), probed once when `accel` is "auto"."""
-        return (await self._started()).accel
+        return (await self._start.get()).accel
 
     async def _probe_accel(self, guest: Guest) -> str:
         """ "kvm" when a KVM guest boots as far as our init within PROBE_TIMEOUT_S, else "tcg".
@@ -176,11 +167,11 @@ class VmRunner:
         """Discard the warm pool's guests; runs still going end on their own deadlines."""
         if self._pool is not None:
             await self._pool.close()
-        self._start = None
+        self._start.reset()
 
     async def run(self, job: Job) -> RunOutput:
         try:
-            state = await self._started()
+            state = await self._start.get()
         except Exception as error:
             log.error("vm runner cannot start: %s", error, extra={"run_id": job.id})
             return error_output(job, f"the vm runner cannot start: {error}")
@@ -235,7 +226,7 @@ class VmRunner:
 
     async def _boot_pooled(self, image: Path) -> _PooledGuest:
         """A guest for the warm pool: devices sized for `POOL_LIMITS`, waiting for its job."""
-        state = await self._started()
+        state = await self._start.get()
         scratch = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-pool-", dir=self.run_dir))
         guest = _PooledGuest(scratch)
         try:
