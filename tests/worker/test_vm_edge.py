@@ -12,6 +12,7 @@ import pytest
 
 from catalog.entry import load_catalog
 from pe.child import NO_RATE_LIMITS, ServeProcess, start_serve
+from tests.support.examples import assert_example_output, example_spec
 
 pytestmark = pytest.mark.sandbox
 
@@ -33,24 +34,10 @@ def vm_edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
 def test_example_on_the_vm_runner(vm_edge: ServeProcess, image: str, index: int) -> None:
     entry = load_catalog()[image]
     example = entry.examples[index]
-    spec = {
-        "image": image,
-        "runner": "vm",
-        "cache": False,
-        "files": {path: {"text": text} for path, text in example.get("files", {}).items()},
-        "options": example.get("options", {}),
-        "stdin": {"text": example.get("stdin", "")},
-        "limits": {"wall_ms": 30_000},  # CPU-bound work is ~25x slower under TCG
-    }
-    if "argv" in example:
-        spec["argv"] = example["argv"]
+    # CPU-bound work is ~25x slower under TCG: a longer wall limit.
+    spec = example_spec(image, example, runner="vm", cache=False, limits={"wall_ms": 30_000})
     response = httpx.post(vm_edge.url + "/api/v1/run", json=spec, timeout=120)
     assert response.status_code == 200, response.text
     result = response.json()
-    assert (result["status"], result["runner"]) == ("ok", "vm"), result
-    assert result["stdout"]["text"] == example["stdout"]
-    files = {file["path"]: file for file in result["files"]}
-    for path, mime in example.get("outputs", {}).items():
-        assert path in files, f"{path} is not among the output files {sorted(files)}"
-        assert files[path]["size"] > 0 and not files[path]["truncated"]
-        assert files[path]["mime"].split(";")[0] == mime
+    assert result["runner"] == "vm", result
+    assert_example_output(result, example)
