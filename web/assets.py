@@ -1,5 +1,6 @@
 """The site's browser code: npm packages installed from web/package-lock.json into a cache keyed by the
-lockfile's hash, and bundled by esbuild (docs/web.md, "Build")."""
+lockfile's hash, and bundled by esbuild; the Pyodide runtime and the `wire` package for the browser's
+worker (docs/web.md, "Build" and "The Pyodide worker")."""
 
 from __future__ import annotations
 
@@ -9,12 +10,26 @@ import os
 import shutil
 import subprocess
 import tempfile
+import zipfile
 from pathlib import Path
 
 WEB = Path(__file__).resolve().parent
 LOCKFILE = WEB / "package-lock.json"
 # Entry points bundled into <site>/assets/<name>.js.
 ENTRY_POINTS = {"playground": WEB / "editor" / "main.js", "catalog": WEB / "editor" / "catalog.js"}
+WIRE = WEB.parent / "wire"
+# What a browser needs of the npm `pyodide` package: the loader, the runtime, the standard library and
+# the lock file loadPyodide fetches (not the consoles, type declarations or source maps).
+PYODIDE_RUNTIME = (
+    "pyodide.mjs",
+    "pyodide.asm.mjs",
+    "pyodide.asm.wasm",
+    "python_stdlib.zip",
+    "pyodide-lock.json",
+)
+# The worker and its Python side, beside the runtime.
+WORKER = WEB / "pyodide" / "worker.js"
+GLUE = WEB / "pyodide" / "pe_browser.py"
 
 
 class AssetError(Exception):
@@ -61,6 +76,27 @@ def bundle(modules: Path, out_dir: Path) -> None:
     command += ["--log-level=warning", f"--outdir={out_dir}"]
     # Imports resolve from the cached node_modules, not from a node_modules beside the sources.
     _run(command, cwd=WEB, env={**os.environ, "NODE_PATH": str(modules)})
+
+
+def pyodide_assets(modules: Path, out_dir: Path) -> None:
+    """`out_dir`: the Pyodide runtime files, the worker script, and `wire.zip` (the `wire` package and
+    pe_browser.py, unpacked into site-packages by the worker)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in PYODIDE_RUNTIME:
+        shutil.copyfile(modules / "pyodide" / name, out_dir / name)
+    shutil.copyfile(WORKER, out_dir / WORKER.name)
+    sources = [(path, path.relative_to(WIRE.parent)) for path in python_sources(WIRE)]
+    sources.append((GLUE, Path(GLUE.name)))
+    with zipfile.ZipFile(out_dir / "wire.zip", "w", zipfile.ZIP_DEFLATED) as archive:
+        for path, name in sources:
+            # A fixed date: the same sources give the same bytes.
+            info = zipfile.ZipInfo(name.as_posix(), (1980, 1, 1, 0, 0, 0))
+            archive.writestr(info, path.read_bytes(), compress_type=zipfile.ZIP_DEFLATED)
+
+
+def python_sources(package: Path) -> list[Path]:
+    """The .py files of a package, sorted (no __pycache__)."""
+    return sorted(path for path in package.rglob("*.py") if "__pycache__" not in path.parts)
 
 
 def _run(command: list[str], cwd: Path, env: dict[str, str] | None = None) -> None:

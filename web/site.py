@@ -15,12 +15,13 @@ from pathlib import Path
 import jinja2
 
 from catalog.entry import CATALOG_DIR, CatalogEntry, load_catalog
-from web.assets import WEB, bundle, lock_hash, node_modules
+from web.assets import WEB, WIRE, bundle, lock_hash, node_modules, pyodide_assets, python_sources
 
 TEMPLATES = WEB / "templates"
 STATIC = WEB / "static"
-# Every file whose content decides the site (with the API base and the lockfile): the site's cache key.
-SOURCES = ("templates", "static", "editor", "viewers", "site.py", "assets.py")
+# Every file whose content decides the site (with the API base, the lockfile and the `wire` package's
+# sources, which the browser runs in Pyodide): the site's cache key.
+SOURCES = ("templates", "static", "editor", "viewers", "pyodide", "site.py", "assets.py")
 
 
 def build_site(out: Path, cache_dir: Path, api_base: str = "") -> None:
@@ -33,7 +34,9 @@ def build_site(out: Path, cache_dir: Path, api_base: str = "") -> None:
     try:
         _render(work, catalog, api_base)
         shutil.copytree(STATIC, work / "assets", dirs_exist_ok=True)
-        bundle(node_modules(cache_dir), work / "assets")
+        modules = node_modules(cache_dir)
+        bundle(modules, work / "assets")
+        pyodide_assets(modules, work / "assets" / "pyodide")
         shutil.rmtree(out, ignore_errors=True)
         try:
             work.rename(out)
@@ -55,9 +58,9 @@ def cached_site(cache_dir: Path, api_base: str = "") -> Path:
 def site_key(api_base: str) -> str:
     digest = hashlib.sha256(f"{api_base}\0{lock_hash()}\0".encode())
     paths = [path for name in SOURCES for path in sorted((WEB / name).rglob("*")) if path.is_file()]
-    paths += sorted(CATALOG_DIR.glob("*.toml"))
+    paths += sorted(CATALOG_DIR.glob("*.toml")) + python_sources(WIRE)
     for path in paths:
-        if "node_modules" not in path.parts:
+        if "node_modules" not in path.parts and "__pycache__" not in path.parts:
             digest.update(f"{path.relative_to(path.parents[1])}\0".encode() + path.read_bytes() + b"\0")
     return digest.hexdigest()[:16]
 

@@ -1,10 +1,12 @@
 // The playground: picks an image, edits its files and options, runs it and shows the result.
 // The session (image, files, options, argv, env, stdin) is kept in localStorage; a URL fragment
 // `#image=ID&example=N` (from the catalogue pages) replaces it with that image's example.
+import { ImageBrowser } from "./browser.js";
 import { Files } from "./files.js";
 import { invalidOption, readOptions, renderOptions } from "./options.js";
 import { figures, run } from "./run.js";
 import { renderOutputs } from "../viewers/outputs.js";
+import { startPyodide } from "../pyodide/client.js";
 
 const STORAGE_KEY = "pe.session.v1";
 const $ = (id) => document.getElementById(id);
@@ -16,6 +18,7 @@ const ui = {
 };
 let images = new Map();
 let files;
+let browser;
 
 function entry() {
   return images.get(ui.image.value);
@@ -47,6 +50,7 @@ function open(imageId, session = {}) {
   renderOptions(ui.options, image.options, session.options ?? {});
   $("options-panel").hidden = image.options.length === 0;
   files.load(session.files ?? image.files, session.selected);
+  browser.select(image.id);
   ui.argv.value = session.argv ?? "";
   ui.env.value = session.env ?? "";
   ui.stdin.value = session.stdin ?? "";
@@ -111,11 +115,12 @@ async function runNow() {
   try {
     const answer = await run(spec());
     setStatus(answer.state, answer.message);
+    ui.status.dataset.parser = answer.parser ?? "";
     // A run that did not happen leaves the previous result on show, dimmed.
     ui.outputs.parentElement.classList.toggle("stale", !answer.result);
     if (answer.result) {
       ui.stats.textContent = figures(answer.result);
-      renderOutputs(ui.outputs, answer.result);
+      renderOutputs(ui.outputs, answer.result, entry().view); // the entry's viewer hints
     }
   } finally {
     ui.run.disabled = false;
@@ -158,6 +163,7 @@ function fromFragment() {
 }
 
 async function start() {
+  startPyodide($("playground").dataset.pyodide); // in the background: ready by the first Run
   const catalog = await (await fetch($("playground").dataset.catalog)).json();
   images = new Map(catalog.images.map((image) => [image.id, image]));
   for (const image of images.values()) {
@@ -166,6 +172,10 @@ async function start() {
   }
   const runKey = { key: "Mod-Enter", run: () => (runNow(), true) };
   files = new Files($("tabs"), $("editor"), save, [runKey]);
+  browser = new ImageBrowser({
+    panel: $("image-files-panel"), tree: $("image-tree"), view: $("image-file"), status: $("image-files-status"),
+    form: $("image-files-go"), path: $("image-files-path"),
+  });
 
   ui.image.addEventListener("change", () => open(ui.image.value));
   ui.search.addEventListener("change", () => {

@@ -1,16 +1,37 @@
 // POST /api/v1/run and what its answer means to a person: the state line and the figures.
+// With the Pyodide worker ready, the answer is asked for as application/x-cpio and parsed by `wire` in
+// the worker; otherwise (still loading, failed, or a parse that failed) as JSON. Either way every stream
+// and file of the result carries its bytes as `data` (a Uint8Array). Error answers are JSON either way.
+import { parseResult, pyodideState } from "../pyodide/client.js";
 
-const API_BASE = document.querySelector('meta[name="pe-api-base"]')?.content ?? "";
+export const API_BASE = document.querySelector('meta[name="pe-api-base"]')?.content ?? "";
+const CPIO = "application/x-cpio";
 
-/** {state, message, result?}: `state` is one of ok, cached, exit, timeout, error, rate_limited, busy. */
+function post(spec, accept) {
+  return fetch(`${API_BASE}/api/v1/run`, {
+    method: "POST",
+    headers: { "Content-Type": "application/json", Accept: accept },
+    body: JSON.stringify(spec),
+  });
+}
+
+/** {state, message, parser?, result?}: `state` is one of ok, cached, exit, timeout, error, rate_limited,
+ * busy; `parser` says who read the answer: "pyodide" (the cpio form) or "json". */
 export async function run(spec) {
   let response;
   try {
-    response = await fetch(`${API_BASE}/api/v1/run`, {
-      method: "POST",
-      headers: { "Content-Type": "application/json", Accept: "application/json" },
-      body: JSON.stringify(spec),
-    });
+    if (pyodideState().state === "ready") {
+      response = await post(spec, CPIO);
+      if (response.ok && response.headers.get("Content-Type")?.startsWith(CPIO)) {
+        try {
+          return answer(await parseResult(await response.arrayBuffer()), "pyodide");
+        } catch (error) {
+          console.warn("the cpio answer could not be parsed in Pyodide; asking for JSON:", error);
+          response = null;
+        }
+      }
+    }
+    response ??= await post(spec, "application/json");
   } catch (error) {
     return { state: "error", message: `Cannot reach the service: ${error.message}` };
   }
@@ -25,7 +46,25 @@ export async function run(spec) {
     return { state: "busy", message: `Busy (503): ${detail}${when}` };
   }
   if (!response.ok || !body) return { state: "error", message: `Error ${response.status}: ${detail}` };
-  return { state: resultState(body), message: resultMessage(body), result: body };
+  return answer(withData(body), "json");
+}
+
+function answer(result, parser) {
+  return { state: resultState(result), message: resultMessage(result), parser, result };
+}
+
+/** The JSON answer with each stream's and file's `data` decoded from its `text` or `base64`. */
+function withData(result) {
+  for (const item of [result.stdout, result.stderr, ...(result.files ?? [])]) {
+    if (item) item.data = bytesOf(item);
+  }
+  return result;
+}
+
+function bytesOf(content) {
+  if (typeof content.text === "string") return new TextEncoder().encode(content.text);
+  const binary = atob(content.base64 ?? "");
+  return Uint8Array.from(binary, (c) => c.charCodeAt(0));
 }
 
 function resultState(result) {
