@@ -1,56 +1,14 @@
 // ANSI escape sequences in program output: SGR colours (16, 256 and 24-bit), bold, dim, italic,
 // underline, inverse and reset become styles of runs of text; every other escape is dropped.
+//
+// A text is indexed once into rows (its lines, the longer ones cut into pieces of `wrap`
+// characters) without parsing them; a row is parsed when it is drawn. The style in force at the
+// start of each row is found by a walk over the escapes from the last row whose style is known, so
+// drawing the rows on screen costs the same for 100 rows of output or 100 000.
 
 // CSI (ESC [ params final), OSC (ESC ] ... BEL or ST) and two-character escapes.
 const ESCAPE = /\x1b(?:\[([0-9;:?<=>]*)[ -/]*([@-~])|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[@-Z\\-_])/g;
 const PLAIN = Object.freeze({});
-
-/**
- * The lines of `text`, each a list of runs `[text, style]`. Styles are shared frozen objects:
- * {fg, bg, bold, dim, italic, underline, inverse}, colours as a 0-255 palette index or "#rrggbb".
- * Lines longer than `wrap` characters are cut into several.
- */
-export function parseAnsi(text, wrap = Infinity) {
-  const lines = [];
-  let line = [];
-  let length = 0;
-  let style = PLAIN;
-  const add = (piece) => {
-    while (piece.length) {
-      const room = wrap - length;
-      const part = piece.length > room ? piece.slice(0, room) : piece;
-      if (part.length) line.push([part, style]);
-      length += part.length;
-      piece = piece.slice(part.length);
-      if (length >= wrap && piece.length) {
-        lines.push(line);
-        line = [];
-        length = 0;
-      }
-    }
-  };
-  const addText = (chunk) => {
-    const parts = chunk.split("\n");
-    parts.forEach((part, index) => {
-      if (index > 0) {
-        lines.push(line);
-        line = [];
-        length = 0;
-      }
-      add(part.endsWith("\r") ? part.slice(0, -1) : part);
-    });
-  };
-  let at = 0;
-  ESCAPE.lastIndex = 0;
-  for (let match = ESCAPE.exec(text); match; match = ESCAPE.exec(text)) {
-    if (match.index > at) addText(text.slice(at, match.index));
-    at = ESCAPE.lastIndex;
-    if (match[2] === "m") style = applySgr(style, match[1]);
-  }
-  if (at < text.length) addText(text.slice(at));
-  if (line.length || !text.endsWith("\n")) lines.push(line);
-  return lines;
-}
 
 /** `style` changed by the SGR parameters `params` ("1;31", "38;5;208", "38;2;255;0;0", ""). */
 export function applySgr(style, params) {
@@ -67,8 +25,7 @@ export function applySgr(style, params) {
     else if (code === 22) {
       delete next.bold;
       delete next.dim;
-    }
-    else if (code === 23) delete next.italic;
+    } else if (code === 23) delete next.italic;
     else if (code === 24) delete next.underline;
     else if (code === 27) delete next.inverse;
     else if (code >= 30 && code <= 37) next.fg = code - 30;
@@ -91,6 +48,107 @@ export function applySgr(style, params) {
   return Object.keys(next).length ? Object.freeze(next) : PLAIN;
 }
 
+export class AnsiText {
+  /** Index `text` into rows of at most `wrap` characters (escapes included). */
+  constructor(text, wrap = Infinity) {
+    this.text = text;
+    this.escapes = text.includes("\x1b");
+    const starts = [];
+    const ends = [];
+    for (let start = 0; start <= text.length; ) {
+      let end = text.indexOf("\n", start);
+      const next = end === -1 ? text.length + 1 : end + 1;
+      if (end === -1) end = text.length;
+      if (end === text.length && start === end && start > 0) break; // no row after a final newline
+      if (text[end - 1] === "\r") end -= 1;
+      for (let piece = start; ; ) {
+        const cut = end - piece > wrap ? this.#cutAfter(piece + wrap) : end;
+        starts.push(piece);
+        ends.push(cut);
+        if (cut >= end) break;
+        piece = cut;
+      }
+      start = next;
+    }
+    this.starts = Int32Array.from(starts);
+    this.ends = Int32Array.from(ends);
+    this.count = starts.length;
+    this.styles = [PLAIN]; // the style at the start of rows 0 … styles.length - 1
+    this.transitions = new Map(); // style → Map(SGR parameters → style), so each change is parsed once
+  }
+
+  /** `at`, or the end of an escape sequence that `at` falls inside. */
+  #cutAfter(at) {
+    const escape = this.text.lastIndexOf("\x1b", at - 1);
+    if (escape === -1 || at - escape > 64) return at;
+    ESCAPE.lastIndex = escape;
+    const match = ESCAPE.exec(this.text);
+    return match && match.index === escape && ESCAPE.lastIndex > at ? ESCAPE.lastIndex : at;
+  }
+
+  #next(style, params) {
+    let byParams = this.transitions.get(style);
+    if (!byParams) this.transitions.set(style, (byParams = new Map()));
+    let next = byParams.get(params);
+    if (next === undefined) {
+      next = applySgr(style, params);
+      byParams.set(params, next);
+    }
+    return next;
+  }
+
+  /** Row `index` as runs [text, style]; `onRun` is called for each run, and the style at its end returned. */
+  #walk(index, style, onRun) {
+    const { text } = this;
+    const end = this.ends[index];
+    let at = this.starts[index];
+    ESCAPE.lastIndex = at;
+    for (let match = ESCAPE.exec(text); match && match.index < end; match = ESCAPE.exec(text)) {
+      if (onRun && match.index > at) onRun(text.slice(at, match.index), style);
+      if (match[2] === "m") style = this.#next(style, match[1]);
+      at = ESCAPE.lastIndex;
+    }
+    if (onRun && at < end) onRun(text.slice(at, end), style);
+    return style;
+  }
+
+  /** The style at the start of row `index`, walking the rows from the last one known. */
+  styleAt(index) {
+    if (!this.escapes) return PLAIN;
+    while (this.styles.length <= index) {
+      const row = this.styles.length - 1;
+      this.styles.push(this.#walk(row, this.styles[row], null));
+    }
+    return this.styles[index];
+  }
+
+  /** Learn the styles of up to `rows` more rows (for work in idle moments); false when all are known. */
+  learn(rows) {
+    if (!this.escapes || this.styles.length >= this.count) return false;
+    this.styleAt(Math.min(this.count - 1, this.styles.length - 1 + rows));
+    return this.styles.length < this.count;
+  }
+
+  /** A node for row `index`: text nodes, and spans for styled runs (styles, never markup). */
+  row(index, tag = "div") {
+    const node = document.createElement(tag);
+    node.className = "line";
+    const style = this.styleAt(index);
+    if (!this.escapes) {
+      node.textContent = this.text.slice(this.starts[index], this.ends[index]);
+      return node;
+    }
+    this.#walk(index, style, (text, runStyle) => {
+      if (runStyle === PLAIN) return node.append(text);
+      const span = document.createElement("span");
+      span.textContent = text;
+      styleSpan(span, runStyle);
+      node.append(span);
+    });
+    return node;
+  }
+}
+
 /** The CSS colour of a palette index 16-255 (6×6×6 cube, then 24 greys) or a CSS colour string. */
 function cssColour(colour) {
   if (typeof colour === "string") return colour;
@@ -101,23 +159,6 @@ function cssColour(colour) {
   const cube = colour - 16;
   const level = (n) => (n === 0 ? 0 : 55 + n * 40);
   return `rgb(${level(Math.floor(cube / 36))}, ${level(Math.floor(cube / 6) % 6)}, ${level(cube % 6)})`;
-}
-
-/** A node for one line of runs: text nodes, and spans for styled runs (styles, never markup). */
-export function lineNode(runs, tag = "div") {
-  const node = document.createElement(tag);
-  node.className = "row";
-  for (const [text, style] of runs) {
-    if (style === PLAIN) {
-      node.append(text);
-      continue;
-    }
-    const span = document.createElement("span");
-    span.textContent = text;
-    styleSpan(span, style);
-    node.append(span);
-  }
-  return node;
 }
 
 function styleSpan(span, style) {

@@ -20,7 +20,7 @@ export function hexView(bytes, label) {
   if (bytes.length === 0) return element("p", "note", "(empty)");
   const rows = Math.ceil(bytes.length / WIDTH);
   const box = virtualList(rows, (index) => {
-    const row = element("div", "row");
+    const row = element("div", "line");
     const [offset, hex, ascii] = hexRow(bytes, index * WIDTH);
     row.append(element("span", "hex-offset", offset), element("span", "hex-bytes", hex), element("span", "hex-ascii", ascii));
     return row;

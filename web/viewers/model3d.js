@@ -18,13 +18,16 @@ import { element, onRelease } from "./bytes.js";
 const MODEL_COLOUR = 0xf2b84b; // OpenSCAD's yellow, readable on light and dark backgrounds
 const Z_UP = new Set(["stl", "3mf", "amf"]); // CAD formats; glTF, OBJ and PLY are Y-up
 
+function material(geometry) {
+  const colours = Boolean(geometry.attributes.color);
+  return new MeshStandardMaterial({
+    color: colours ? 0xffffff : MODEL_COLOUR, vertexColors: colours, metalness: 0.05, roughness: 0.75, side: DoubleSide,
+  });
+}
+
 function mesh(geometry) {
   if (!geometry.attributes.normal) geometry.computeVertexNormals();
-  const material = new MeshStandardMaterial({
-    color: geometry.attributes.color ? 0xffffff : MODEL_COLOUR, vertexColors: Boolean(geometry.attributes.color),
-    metalness: 0.05, roughness: 0.75, side: DoubleSide,
-  });
-  return new Mesh(geometry, material);
+  return new Mesh(geometry, material(geometry));
 }
 
 /** A PLY without faces: a point cloud. */
@@ -42,7 +45,14 @@ async function load(bytes, format) {
       const geometry = new PLYLoader().parse(buffer);
       return geometry.index ? mesh(geometry) : points(geometry);
     }
-    case "obj": return new OBJLoader().parse(new TextDecoder().decode(bytes));
+    case "obj": {
+      // Its .mtl files are not loaded: every part gets our material instead of the loader's white.
+      const group = new OBJLoader().parse(new TextDecoder().decode(bytes));
+      group.traverse((node) => {
+        if (node.isMesh) node.material = material(node.geometry);
+      });
+      return group;
+    }
     case "3mf": return new ThreeMFLoader().parse(buffer);
     case "amf": return new AMFLoader().parse(buffer);
     case "gltf": {
@@ -107,7 +117,7 @@ export async function showModel(box, bytes, format, path) {
   controls.addEventListener("change", render);
   const resize = () => {
     const width = box.clientWidth || 400;
-    const height = Math.round(Math.min(width * 0.75, window.innerHeight * 0.6));
+    const height = Math.round(Math.min(width * 0.7, window.innerHeight * 0.6));
     renderer.setSize(width, height);
     camera.aspect = width / height;
     camera.updateProjectionMatrix();

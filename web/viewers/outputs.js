@@ -126,6 +126,7 @@ function section(parent, title, key, value) {
 
 /** Show `result` (a run's answer) in `parent`, replacing what was there; `view`: the entry's hints. */
 export function renderOutputs(parent, result, view = {}) {
+  const started = performance.now();
   release(parent);
   parent.replaceChildren();
   const streams = {};
@@ -155,4 +156,5 @@ export function renderOutputs(parent, result, view = {}) {
     const { body, controls } = section(parent, item.title, item.key, item.name);
     renderFile(body, item.file, { viewer: item.key === "file" ? hinted(view.viewers, item.name) : undefined, controls });
   }
+  performance.measure("pe:render-outputs", { start: started }); // how long the page was busy showing them
 }

@@ -1,0 +1,237 @@
+"""The output viewers (web/viewers/, docs/web.md "Viewers") in Debian's Chromium against a real
+`pe serve`: outputs of real runs, checked as a person would see them.
+
+One python3 run writes an output of every kind (shared by most tests); openscad renders a model.
+Screenshots go to the test's tmp dir and /tmp/pe-screens/ (the shared helpers of test_playground.py)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pe.child import ServeProcess
+from tests.web.test_playground import browser, open_playground, pytestmark, screenshot  # noqa: F401
+
+# Writes one output of each kind, and ANSI colours on stdout.
+PROGRAM = r'''
+open("bytes.bin", "wb").write(bytes(range(256)))
+open("page.html", "w").write("""<!doctype html><html><body><h1>Sandboxed page</h1><script>
+let parentDocument;
+try { parentDocument = "read " + window.parent.document.title; }
+catch (error) { parentDocument = "blocked: " + error.name; }
+fetch("/api/v1/catalog").then(() => "reached", (error) => "blocked: " + error.name).then((api) =>
+  parent.postMessage({ parentDocument, api, origin: String(origin) }, "*"));
+</script></body></html>""")
+open("people.csv", "w").write('name,note,age\n"Smith, Jo","said ""hi""\nthen left",41\nAda,,36\n')
+open("shape.obj", "w").write("v 0 0 0\nv 10 0 0\nv 0 10 0\nv 0 0 10\nf 1 3 2\nf 1 2 4\nf 1 4 3\nf 2 3 4\n")
+print("\x1b[31mred\x1b[0m \x1b[1;38;5;208mbold orange\x1b[0m \x1b[38;2;10;200;30mtruecolour\x1b[0m plain")
+'''
+STDOUT = (
+    b"\x1b[31mred\x1b[0m \x1b[1;38;5;208mbold orange\x1b[0m \x1b[38;2;10;200;30mtruecolour\x1b[0m plain\n"
+)
+
+# 100 000 coloured lines, 5.9 MB: shown without freezing the page.
+BIG_PROGRAM = r"""
+with open("big.txt", "w") as out:
+    for n in range(100_000):
+        out.write(f"\x1b[32m{n:06d}\x1b[0m {'x' * 50}\n")
+"""
+
+SESSION_KEY = "pe.session.v1"
+# The longest pause between two animation frames while a big output is rendered.
+LISTEN_FRAMES = """() => {
+  window.frameGap = 0;
+  let last = performance.now();
+  const tick = (now) => {
+    frameGap = Math.max(frameGap, now - last);
+    last = now;
+    requestAnimationFrame(tick);
+  };
+  requestAnimationFrame(tick);
+}"""
+# How many pixels of a PNG (base64) differ from its top-left pixel (the background).
+COUNT_PIXELS = """async (png) => {
+  const bitmap = await createImageBitmap(await (await fetch('data:image/png;base64,' + png)).blob());
+  const canvas = new OffscreenCanvas(bitmap.width, bitmap.height);
+  const context = canvas.getContext('2d');
+  context.drawImage(bitmap, 0, 0);
+  const data = context.getImageData(0, 0, bitmap.width, bitmap.height).data;
+  let differ = 0;
+  for (let i = 0; i < data.length; i += 4) {
+    const distance = [0, 1, 2].reduce((sum, c) => sum + Math.abs(data[i + c] - data[c]), 0);
+    if (distance > 30) differ++;
+  }
+  return [differ, bitmap.width * bitmap.height];
+}"""
+
+
+def run_python(page, program: str, before: str = "() => {}") -> None:
+    """Put `program` in the session as python3's main.py, reload, evaluate `before`, and run it.
+    The messages posted to the page are collected in `window.messages`."""
+    session = {"image": "python3", "files": {"main.py": program}, "selected": "main.py"}
+    page.evaluate(
+        "([key, value]) => localStorage.setItem(key, JSON.stringify(value))", [SESSION_KEY, session]
+    )
+    page.reload()
+    page.wait_for_selector("body[data-ready=true]")
+    page.evaluate("window.messages = []; addEventListener('message', (event) => messages.push(event.data))")
+    page.evaluate(before)
+    page.get_by_role("button", name="Run").click()
+    page.wait_for_function(
+        "['ok', 'cached'].includes(document.getElementById('status').dataset.state)", timeout=30_000
+    )
+
+
+def painted_pixels(page, locator) -> tuple[int, int]:
+    png = base64.b64encode(locator.screenshot()).decode()
+    return page.evaluate(COUNT_PIXELS, png)
+
+
+@pytest.fixture(scope="module")
+def outputs(browser, edge: ServeProcess) -> Iterator:  # noqa: F811
+    """The playground after PROGRAM ran."""
+    page = open_playground(browser, f"{edge.url}/")
+    run_python(page, PROGRAM)
+    yield page
+    page.close()
+
+
+def test_binary_output_shows_as_hex(outputs, tmp_path: Path) -> None:
+    view = outputs.locator("[data-file='bytes.bin'] [data-viewer=hex]")
+    view.scroll_into_view_if_needed()
+    screenshot(outputs, tmp_path, "viewer-hex")
+    first = view.locator(".line").first
+    assert first.locator(".hex-offset").inner_text() == "00000000"
+    assert first.locator(".hex-bytes").inner_text().split() == [f"{n:02x}" for n in range(16)]
+    assert first.locator(".hex-ascii").inner_text() == "." * 16
+    third = view.locator(".line").nth(2)  # bytes 0x20-0x2f are printable
+    assert third.locator(".hex-ascii").inner_text() == " !\"#$%&'()*+,-./"
+    assert view.locator(".line").count() == 16
+
+
+def test_ansi_colours_show_as_colours(outputs, tmp_path: Path) -> None:
+    stdout = outputs.locator("[data-stream=stdout] pre")
+    screenshot(outputs, tmp_path, "viewer-ansi")
+    assert stdout.inner_text() == "red bold orange truecolour plain"
+    styles = stdout.locator("span span").evaluate_all(
+        "spans => spans.map(s => [s.textContent, getComputedStyle(s).color, getComputedStyle(s).fontWeight])"
+    )
+    colours = {text: (colour, weight) for text, colour, weight in styles}
+    assert colours["red"][0] in ("rgb(192, 38, 29)", "rgb(242, 139, 130)")  # light or dark theme
+    assert colours["bold orange"] == ("rgb(255, 135, 0)", "700")  # 256-colour 208
+    assert colours["truecolour"][0] == "rgb(10, 200, 30)"
+    assert "plain" not in colours  # unstyled text is a plain text node
+
+
+def test_html_output_is_sandboxed(outputs, tmp_path: Path) -> None:
+    frame = outputs.locator("[data-file='page.html'] iframe")
+    assert frame.get_attribute("sandbox") == "allow-scripts"
+    assert (
+        outputs.frame_locator("[data-file='page.html'] iframe").locator("h1").inner_text() == "Sandboxed page"
+    )
+    outputs.wait_for_function("messages.length > 0", timeout=5_000)
+    frame.scroll_into_view_if_needed()
+    screenshot(outputs, tmp_path, "viewer-html")
+    [report] = outputs.evaluate("messages")
+    assert report["parentDocument"] == "blocked: SecurityError"  # another (opaque) origin
+    assert report["api"] == "blocked: TypeError"  # the CSP refuses the request
+    assert report["origin"] == "null"
+    # "View as" Text shows the page's source instead.
+    outputs.get_by_label("View page.html as").select_option("text")
+    assert "<h1>Sandboxed page</h1>" in outputs.locator("[data-file='page.html'] pre").inner_text()
+
+
+def test_csv_output_shows_as_a_table(outputs, tmp_path: Path) -> None:
+    table = outputs.locator("[data-file='people.csv'] table")
+    table.scroll_into_view_if_needed()
+    screenshot(outputs, tmp_path, "viewer-csv")
+    assert table.locator("th").all_inner_texts() == ["name", "note", "age"]
+    rows = table.locator("tbody tr").evaluate_all(
+        "rows => rows.map(r => [...r.cells].map(c => c.textContent))"
+    )
+    assert rows == [["Smith, Jo", 'said "hi"\nthen left', "41"], ["Ada", "", "36"]]
+
+
+def test_obj_model_is_drawn(outputs, tmp_path: Path) -> None:
+    model = outputs.locator("[data-file='shape.obj'] .model[data-rendered=true] canvas")
+    model.wait_for(timeout=15_000)
+    model.scroll_into_view_if_needed()
+    screenshot(outputs, tmp_path, "viewer-obj")
+    painted, total = painted_pixels(outputs, model)
+    assert painted > total * 0.02
+
+
+def test_download_all_zips_the_outputs(outputs, tmp_path: Path) -> None:
+    with outputs.expect_download() as info:
+        outputs.get_by_role("button", name="Download all (.zip)").click()
+    download = info.value
+    assert download.suggested_filename == "outputs.zip"
+    with zipfile.ZipFile(io.BytesIO(Path(download.path()).read_bytes())) as archive:
+        names = set(archive.namelist())
+        assert names == {"bytes.bin", "page.html", "people.csv", "shape.obj", "stdout.txt", "stderr.txt"}
+        assert archive.read("bytes.bin") == bytes(range(256))
+        assert archive.read("stdout.txt") == STDOUT
+        assert archive.read("stderr.txt") == b""
+        assert archive.read("people.csv").startswith(b'name,note,age\n"Smith, Jo"')
+
+
+def test_openscad_model_is_drawn_on_a_canvas(browser, edge: ServeProcess, tmp_path: Path) -> None:  # noqa: F811
+    page = open_playground(browser, f"{edge.url}/#image=openscad&example=0")
+    page.get_by_role("button", name="Run").click()
+    canvas = page.locator("[data-file='out.stl'] .model[data-rendered=true] canvas")
+    canvas.wait_for(timeout=60_000)
+    screenshot(page, tmp_path, "viewer-openscad")
+    painted, total = painted_pixels(page, canvas)
+    assert painted > total * 0.05, f"{painted} of {total} pixels painted"
+    assert "triangles" in page.locator("[data-file='out.stl'] .model-facts").inner_text()
+    # The entry's `view.first` ("out.*") puts the model before stdout and stderr.
+    assert page.locator("#outputs section").first.get_attribute("data-file") == "out.stl"
+    # Dragging rotates the model: the picture changes.
+    before = canvas.screenshot()
+    box = canvas.bounding_box()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] / 2 + 80, box["y"] + box["height"] / 2 + 30, steps=5)
+    page.mouse.up()
+    assert canvas.screenshot() != before
+    # The 3MF example (a zip; shown in 3D by the entry's `view.viewers` hint).
+    page.get_by_label("Load an example").select_option(label="variables from the form, 3MF")
+    page.get_by_role("button", name="Run").click()
+    canvas = page.locator("[data-file='out.3mf'] .model[data-rendered=true] canvas")
+    canvas.wait_for(timeout=60_000)
+    screenshot(page, tmp_path, "viewer-openscad-3mf")
+    painted, total = painted_pixels(page, canvas)
+    assert painted > total * 0.05, f"{painted} of {total} pixels painted"
+    page.close()
+
+
+def test_large_text_output_keeps_the_page_responsive(browser, edge: ServeProcess, tmp_path: Path) -> None:  # noqa: F811
+    page = open_playground(browser, f"{edge.url}/")
+    run_python(page, BIG_PROGRAM)
+    view = page.locator("[data-file='big.txt'] [data-viewer=text] .virtual")
+    view.wait_for()
+    page.evaluate(LISTEN_FRAMES)
+    [render_ms] = page.evaluate("performance.getEntriesByName('pe:render-outputs').map(m => m.duration)")
+    assert view.locator(".line").count() < 200  # what is on screen, not 100 000 rows
+    view.evaluate("box => box.scrollTop = box.scrollHeight")  # to the end at once
+    view.locator(".line", has_text="099999 ").wait_for()
+    for _ in range(10):  # and scrolling back up
+        view.evaluate("box => box.scrollTop -= box.clientHeight * 7")
+        page.wait_for_timeout(30)
+    gap = page.evaluate("frameGap")
+    view.evaluate("box => box.scrollTop = box.scrollHeight")
+    last = view.locator(".line", has_text="099999")
+    last.wait_for()
+    screenshot(page, tmp_path, "viewer-big-text")
+    assert last.locator("span").first.evaluate("s => getComputedStyle(s).color") in (
+        "rgb(29, 127, 56)",
+        "rgb(129, 201, 149)",
+    )
+    print(f"100 000 lines: shown in {render_ms:.0f} ms, longest frame gap while scrolling {gap:.0f} ms")
+    assert render_ms < 500 and gap < 500  # generous: a shared, noisy 2-core machine
+    page.close()
