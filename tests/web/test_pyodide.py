@@ -6,14 +6,20 @@ Screenshots go to the test's tmp dir and /tmp/pe-screens/ (the shared helpers of
 
 from __future__ import annotations
 
+import io
 import json
 import re
+import shutil
+import zipfile
 from pathlib import Path
 
+import httpx
 import pytest
 
 from pe.child import ServeProcess
 from tests.web.test_playground import browser, open_playground, pytestmark, screenshot  # noqa: F401
+from web.assets import WIRE
+from web.site import site_key
 
 PYODIDE_READY_S = 60  # a cold start compiles 9.6 MB of WebAssembly on a busy 2-core machine
 
@@ -75,7 +81,6 @@ def test_blocked_pyodide_falls_back_to_json(browser, site: ServeProcess, tmp_pat
     page.wait_for_selector("body[data-ready=true]")
     wait_for_pyodide(page, "failed")
     assert run_hello(page, "hello without pyodide") == "hello without pyodide"
-    screenshot(page, tmp_path, "pyodide-blocked-json")
     assert accepts == ["application/json"]
     assert page.locator("#status").get_attribute("data-parser") == "json"
     # The file browser says why it cannot work rather than staying empty.
@@ -83,7 +88,9 @@ def test_blocked_pyodide_falls_back_to_json(browser, site: ServeProcess, tmp_pat
     page.wait_for_function(
         "document.getElementById('image-files-status').textContent.includes('could not load')"
     )
-    assert page.locator("#image-files-status").inner_text().startswith("Cannot list /: ")
+    assert page.locator("#image-files-status").inner_text().startswith("Browsing the image needs Python")
+    assert page.locator("#image-tree [role=treeitem]").count() == 0
+    screenshot(page, tmp_path, "pyodide-blocked-json")
     page.close()
 
 
@@ -143,3 +150,37 @@ def test_image_browser_is_usable_by_keyboard(browser, site: ServeProcess, tmp_pa
     assert page.evaluate("document.activeElement.dataset.path") == first
     screenshot(page, tmp_path, "image-browser-keyboard")
     page.close()
+
+
+def test_the_site_serves_only_the_runtime_files_with_their_types(site: ServeProcess) -> None:
+    """Streaming compilation needs application/wasm; a module worker refuses a non-JavaScript type."""
+    base = f"{site.url}/assets/pyodide"
+    expected = {
+        "pyodide.asm.wasm": "application/wasm",
+        "pyodide.mjs": "javascript",
+        "pyodide.asm.mjs": "javascript",
+        "worker.js": "javascript",
+        "wire.zip": "application/zip",
+    }
+    for name, kind in expected.items():
+        response = httpx.get(f"{base}/{name}", headers={"Range": "bytes=0-15"})
+        assert response.status_code in (200, 206), name
+        assert kind in response.headers["content-type"], (name, response.headers["content-type"])
+    for name in ("console.html", "pyodide.mjs.map", "pyodide.d.ts", "package.json"):
+        assert httpx.get(f"{base}/{name}").status_code == 404, name
+    with zipfile.ZipFile(io.BytesIO(httpx.get(f"{base}/wire.zip").content)) as archive:
+        names = archive.namelist()
+    assert "pe_browser.py" in names and "wire/erofs/image.py" in names
+    assert not any("__pycache__" in name for name in names)
+
+
+def test_the_site_key_changes_with_the_wire_package(tmp_path: Path, monkeypatch) -> None:
+    wire = tmp_path / "wire"
+    shutil.copytree(WIRE, wire, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr("web.site.WIRE", wire)
+    before = site_key("")
+    (wire / "__pycache__").mkdir()
+    (wire / "__pycache__" / "cpio.cpython-311.pyc").write_bytes(b"compiled")
+    assert site_key("") == before  # compiled files are not sources
+    (wire / "cpio.py").write_text((wire / "cpio.py").read_text() + "\n# changed\n")
+    assert site_key("") != before

@@ -4,7 +4,7 @@
 // An opened file is shown with the viewers' renderFile.
 import { ask, pyodideState } from "../pyodide/client.js";
 import { API_BASE } from "./run.js";
-import * as viewers from "../viewers/outputs.js";
+import { renderFile } from "../viewers/outputs.js";
 
 const VIEW_LIMIT = 1 << 20; // the most bytes of one file read for viewing
 
@@ -83,7 +83,12 @@ export class ImageBrowser {
     this.tree.replaceChildren();
     this.view.replaceChildren();
     delete this.status.dataset.fetched;
-    if (pyodideState().state === "loading") this.say("Loading Python (Pyodide) to read the image…");
+    const pyodide = pyodideState();
+    if (pyodide.state === "failed") {
+      this.shown = null;
+      return this.say(`Browsing the image needs Python (Pyodide), which could not load: ${pyodide.failure}`);
+    }
+    if (pyodide.state === "loading") this.say("Loading Python (Pyodide) to read the image…");
     try {
       this.image = await this.url();
       const root = this.item({ name: "/", kind: "dir", size: 0 }, "");
@@ -166,13 +171,14 @@ export class ImageBrowser {
     try {
       const reply = await ask("read", { url: this.image, path, limit: VIEW_LIMIT });
       const file = reply.value;
-      const note = file.truncated ? ` (the first ${size(file.data.length)} shown)` : "";
-      const heading = element("h3", { textContent: `${file.path} · ${file.mime} · ${size(file.size)}${note}` });
-      const body = element("div", { className: "file-body" });
-      this.view.replaceChildren(heading, body);
+      const note = file.truncated ? ` (the first ${size(file.data.length)})` : "";
+      const title = element("span", { className: "title", textContent: `${file.path} · ${file.mime} · ${size(file.size)}${note}` });
+      const controls = element("span", { className: "controls" });
+      const body = element("div");
+      this.view.replaceChildren(element("h3", {}, title, controls), body);
       this.view.dataset.path = file.path;
-      if (viewers.renderFile) viewers.renderFile(body, file);
-      else body.append(element("pre", { textContent: new TextDecoder().decode(file.data) }));
+      // Not `truncated`: to the viewers that means the program's output was cut; the title says it here.
+      renderFile(body, { ...file, truncated: false }, { controls });
       this.say(this.readSoFar(reply), reply);
     } catch (error) {
       this.view.replaceChildren(element("p", { className: "hint", textContent: `Cannot open ${path}: ${error.message}` }));
