@@ -49,7 +49,9 @@ async function load(bytes, format) {
       // Its .mtl files are not loaded: every part gets our material instead of the loader's white.
       const group = new OBJLoader().parse(new TextDecoder().decode(bytes));
       group.traverse((node) => {
-        if (node.isMesh) node.material = material(node.geometry);
+        if (!node.isMesh) return;
+        if (!node.geometry.attributes.normal) node.geometry.computeVertexNormals();
+        node.material = material(node.geometry);
       });
       return group;
     }
@@ -72,6 +74,10 @@ function countTriangles(object) {
     if (geometry) triangles += (geometry.index ? geometry.index.count : geometry.attributes.position.count) / 3;
   });
   return Math.round(triangles);
+}
+
+function plural(count, noun) {
+  return `${count.toLocaleString("en")} ${noun}${count === 1 ? "" : "s"}`;
 }
 
 /** Show the model in `box` (throws when WebGL is missing or the file does not parse). */
@@ -127,7 +133,7 @@ export async function showModel(box, bytes, format, path) {
 
   const size = bounds.getSize(new Vector3());
   const facts = element("p", "note model-facts",
-    `${countTriangles(model).toLocaleString("en")} triangles · ${[size.x, size.y, size.z].map((v) => +v.toFixed(2)).join(" × ")} · drag to rotate, wheel to zoom, right-drag to pan`);
+    `${plural(countTriangles(model), "triangle")} · ${[size.x, size.y, size.z].map((v) => +v.toFixed(2)).join(" × ")} · drag to rotate, wheel to zoom, right-drag to pan`);
   const reset = element("button", "", "Fit to view");
   reset.type = "button";
   reset.addEventListener("click", () => {

@@ -41,8 +41,11 @@ export function parseDelimited(text, delimiter, keep = Infinity) {
 
 export function tableView(text, delimiter) {
   const { rows, count } = parseDelimited(text, delimiter, MAX_ROWS + 1);
-  const box = element("div", "table");
   if (rows.length === 0) return element("p", "note", "(empty)");
+  const box = element("div", "table");
+  if (count > MAX_ROWS + 1) {
+    box.append(element("p", "note", `Showing the first ${MAX_ROWS} of ${count - 1} rows: download the file for the rest.`));
+  }
   const table = element("table");
   const head = element("thead");
   const headRow = element("tr");
@@ -56,8 +59,5 @@ export function tableView(text, delimiter) {
   }
   table.append(head, body);
   box.append(table);
-  if (count > MAX_ROWS + 1) {
-    box.append(element("p", "note", `Showing the first ${MAX_ROWS} of ${count - 1} rows: download the file for the rest.`));
-  }
   return box;
 }
