@@ -18,6 +18,7 @@ import pytest
 
 from pe.child import ServeProcess
 from tests.web.test_playground import browser, open_playground, pytestmark, screenshot  # noqa: F401
+from tests.web.test_pyodide import PYODIDE_READY_S
 
 # Writes one output of each kind, and ANSI colours on stdout.
 PROGRAM = r'''
@@ -92,15 +93,18 @@ COUNT_PIXELS = """async (png) => {
 }"""
 
 
-def run_python(page, program: str, before: str = "() => {}") -> None:
-    """Put `program` in the session as python3's main.py, reload, evaluate `before`, and run it.
-    The messages posted to the page are collected in `window.messages`."""
+def run_python(page, program: str, before: str = "() => {}", pyodide: bool = False) -> None:
+    """Put `program` in the session as python3's main.py, reload, evaluate `before`, and run it (with
+    `pyodide`, once the Pyodide worker is ready to parse the cpio answer). The messages posted to the
+    page are collected in `window.messages`."""
     session = {"image": "python3", "files": {"main.py": program}, "selected": "main.py"}
     page.evaluate(
         "([key, value]) => localStorage.setItem(key, JSON.stringify(value))", [SESSION_KEY, session]
     )
     page.reload()
     page.wait_for_selector("body[data-ready=true]")
+    if pyodide:
+        page.wait_for_function("document.body.dataset.pyodide === 'ready'", timeout=PYODIDE_READY_S * 1000)
     page.evaluate("window.messages = []; addEventListener('message', (event) => messages.push(event.data))")
     page.evaluate(before)
     page.get_by_role("button", name="Run").click()
@@ -116,9 +120,10 @@ def painted_pixels(page, locator) -> tuple[int, int]:
 
 @pytest.fixture(scope="module")
 def outputs(browser, edge: ServeProcess) -> Iterator:  # noqa: F811
-    """The playground after PROGRAM ran."""
+    """The playground after PROGRAM ran, its answer parsed by the Pyodide worker (outputs carry `data`)."""
     page = open_playground(browser, f"{edge.url}/")
-    run_python(page, PROGRAM)
+    run_python(page, PROGRAM, pyodide=True)
+    assert page.locator("#status").get_attribute("data-parser") == "pyodide"
     yield page
     page.close()
 
