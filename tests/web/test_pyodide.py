@@ -127,6 +127,11 @@ def test_image_browser_lists_usr_bin_and_opens_a_text_file(
     spans = [re.fullmatch(r"bytes=(\d+)-(\d+)", header or "") for header in ranges]
     assert all(spans), ranges
     assert sum(int(span[2]) - int(span[1]) + 1 for span in spans) == fetched
+    # At phone width, in the dark theme, the tree and the file fit the screen.
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.emulate_media(color_scheme="dark")
+    screenshot(page, tmp_path, "image-browser-phone-dark")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
     page.close()
 
 
@@ -149,6 +154,10 @@ def test_image_browser_is_usable_by_keyboard(browser, site: ServeProcess, tmp_pa
     page.keyboard.press("ArrowLeft")  # back to the parent
     assert page.evaluate("document.activeElement.dataset.path") == first
     screenshot(page, tmp_path, "image-browser-keyboard")
+    # Another image in the picker: the tree shows its files instead.
+    page.locator("#image").select_option("python3")
+    page.locator("[role=treeitem][data-path='/usr']").wait_for(timeout=10_000)
+    assert page.locator("[role=treeitem][data-path='/bin/busybox']").count() == 0
     page.close()
 
 

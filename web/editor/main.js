@@ -163,7 +163,6 @@ function fromFragment() {
 }
 
 async function start() {
-  startPyodide($("playground").dataset.pyodide); // in the background: ready by the first Run
   const catalog = await (await fetch($("playground").dataset.catalog)).json();
   images = new Map(catalog.images.map((image) => [image.id, image]));
   for (const image of images.values()) {
@@ -230,6 +229,7 @@ async function start() {
     else open(images.has("python3") ? "python3" : images.keys().next().value);
   }
   document.body.dataset.ready = "true";
+  startPyodide($("playground").dataset.pyodide); // once the page works, in the background
 }
 
 start().catch((error) => setStatus("error", `The playground could not start: ${error.message}`));

@@ -5,6 +5,7 @@
 // "pe:pyodide-ready" (page load → ready) and one "pe:pyodide-parse" per parsed answer.
 
 const LOAD_BOUND_MS = 30_000;
+const PARSE_BOUND_MS = 10_000; // a parse not back by then fails, and the run is asked for as JSON
 
 let worker = null;
 let state = "off"; // off | loading | ready | failed
@@ -83,7 +84,11 @@ export async function ask(op, message = {}, transfer = []) {
 export async function parseResult(buffer) {
   const start = performance.now();
   const bytes = buffer.byteLength;
-  const reply = await ask("parse", { buffer }, [buffer]);
+  let timer;
+  const late = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`no parse after ${PARSE_BOUND_MS / 1000} s`)), PARSE_BOUND_MS);
+  });
+  const reply = await Promise.race([ask("parse", { buffer }, [buffer]), late]).finally(() => clearTimeout(timer));
   performance.measure("pe:pyodide-parse", { start, end: performance.now(), detail: { workerMs: reply.ms, bytes } });
   return reply.value;
 }

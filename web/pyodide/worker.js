@@ -7,16 +7,20 @@
 import { loadPyodide } from "./pyodide.mjs";
 
 const BLOCK = 4096; // erofs's block size here: what a Range read is aligned to and cached by
+const READ_TIMEOUT_MS = 30_000; // one Range request; a hung server fails the read, not the worker
+const CACHE_BYTES = 64 << 20; // blocks kept per image; the oldest are dropped beyond it
 
 let glue = null; // the pe_browser module (web/pyodide/pe_browser.py)
 const images = new Map(); // image URL -> {file: RangeFile, files: pe_browser.ImageFiles}
 
 /** An HTTP resource read by synchronous Range requests (Python's reads are synchronous; this is a
- * worker, where a blocking request blocks no page). Blocks are cached, missing neighbours fetched together. */
+ * worker, where a blocking request blocks no page). Blocks are cached (up to CACHE_BYTES, oldest
+ * dropped first); the missing neighbours of one read are fetched in one request. */
 class RangeFile {
   constructor(url) {
     this.url = url;
-    this.blocks = new Map();
+    this.blocks = new Map(); // block number -> bytes, oldest first
+    this.cached = 0; // bytes in `blocks`
     this.size = null; // from Content-Range
     this.fetched = 0; // body bytes received
   }
@@ -31,7 +35,7 @@ class RangeFile {
       if (this.blocks.has(n)) continue;
       let upto = n;
       while (upto < last && !this.blocks.has(upto + 1)) upto++;
-      this.fetch(n, upto);
+      this.download(n, upto);
       n = upto;
     }
     const out = new Uint8Array(end - offset);
@@ -44,13 +48,19 @@ class RangeFile {
       filled += piece.length;
       if (block.length < BLOCK) break; // the end of the file
     }
+    for (const [n, block] of this.blocks) { // the oldest first, once this read has its bytes
+      if (this.cached <= CACHE_BYTES) break;
+      this.blocks.delete(n);
+      this.cached -= block.length;
+    }
     return out.subarray(0, filled);
   }
 
-  fetch(first, last) {
+  download(first, last) {
     const xhr = new XMLHttpRequest();
     xhr.open("GET", this.url, false);
     xhr.responseType = "arraybuffer";
+    xhr.timeout = READ_TIMEOUT_MS; // allowed on a synchronous request in a worker
     xhr.setRequestHeader("Range", `bytes=${first * BLOCK}-${(last + 1) * BLOCK - 1}`);
     xhr.send();
     if (xhr.status === 416) { // wholly past the end
@@ -66,6 +76,7 @@ class RangeFile {
     for (let at = 0; at === 0 || at < body.length; at += BLOCK) {
       this.blocks.set(start + at / BLOCK, body.subarray(at, at + BLOCK));
     }
+    this.cached += body.length;
   }
 }
 
