@@ -55,11 +55,11 @@ export class AnsiText {
     this.escapes = text.includes("\x1b");
     const starts = [];
     const ends = [];
-    for (let start = 0; start <= text.length; ) {
+    const last = text.endsWith("\n") ? text.length - 1 : text.length; // no empty row after a final newline
+    for (let start = 0; start <= last; ) {
       let end = text.indexOf("\n", start);
-      const next = end === -1 ? text.length + 1 : end + 1;
       if (end === -1) end = text.length;
-      if (end === text.length && start === end && start > 0) break; // no row after a final newline
+      const next = end + 1;
       if (text[end - 1] === "\r") end -= 1;
       for (let piece = start; ; ) {
         const cut = end - piece > wrap ? this.#cutAfter(piece + wrap) : end;

@@ -83,6 +83,7 @@ function plural(count, noun) {
 /** Show the model in `box` (throws when WebGL is missing or the file does not parse). */
 export async function showModel(box, bytes, format, path) {
   const model = await load(bytes, format);
+  if (!box.isConnected) return; // replaced by a newer result while three.js loaded: no context to leak
   const scene = new Scene();
   const camera = new PerspectiveCamera(40, 1, 0.01, 1000);
   if (Z_UP.has(format)) camera.up.set(0, 0, 1);

@@ -2,7 +2,7 @@
 // 100 000-line output or a 16 MiB hex dump costs as much to show as one screenful.
 import { element, onRelease } from "./bytes.js";
 
-export const ROW_PX = 18; // the rows' line height, set in site.css (.virtual .line) as well
+const ROW_PX = 18; // the rows' line height, set in site.css (.virtual .line) as well
 const MAX_PX = 16_000_000; // below the browsers' element height limits; longer lists scroll scaled
 const OVERSCAN = 20; // rows drawn above and below the visible ones
 
