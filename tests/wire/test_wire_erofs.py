@@ -24,7 +24,7 @@ from wire.errors import WireError
 
 MKFS = shutil.which("mkfs.erofs")
 needs_mkfs = pytest.mark.skipif(MKFS is None, reason="mkfs.erofs is not installed")
-IS_ROOT = os.geteuid() == 0
+IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0  # Pyodide has no geteuid
 EPOCH = 1686355200
 TEXT = b"".join(b"line %d of a text that compresses well\n" % i for i in range(60_000))
 
