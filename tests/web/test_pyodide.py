@@ -154,6 +154,13 @@ def test_image_browser_is_usable_by_keyboard(browser, site: ServeProcess, tmp_pa
     page.keyboard.press("ArrowLeft")  # back to the parent
     assert page.evaluate("document.activeElement.dataset.path") == first
     screenshot(page, tmp_path, "image-browser-keyboard")
+    # A path that is not there: said, and the last folder found is focused.
+    page.get_by_label("Go to").fill("/bin/no-such-tool")
+    page.get_by_label("Go to").press("Enter")
+    page.wait_for_function(
+        "document.getElementById('image-files-status').textContent.startsWith('No /bin/no-such')"
+    )
+    assert page.evaluate("document.activeElement.dataset.path") == "/bin"
     # Another image in the picker: the tree shows its files instead.
     page.locator("#image").select_option("python3")
     page.locator("[role=treeitem][data-path='/usr']").wait_for(timeout=10_000)

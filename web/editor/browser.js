@@ -58,15 +58,15 @@ export class ImageBrowser {
     if (fetched) Object.assign(this.status.dataset, { fetched: fetched.fetched, size: fetched.size });
   }
 
-  async url() {
+  async url(imageId) {
     if (!this.digests) {
       const response = await fetch(`${API_BASE}/api/v1/catalog`);
       if (!response.ok) throw new Error(`the catalogue: HTTP ${response.status}`);
       const { images } = await response.json();
       this.digests = new Map(images.map((image) => [image.id, image.digest]));
     }
-    const digest = this.digests.get(this.imageId);
-    if (!digest) throw new Error(`${this.imageId} is not built on this service yet`);
+    const digest = this.digests.get(imageId);
+    if (!digest) throw new Error(`${imageId} is not built on this service yet`);
     return new URL(`${API_BASE}/api/v1/images/${digest}.erofs`, document.baseURI).href;
   }
 
@@ -80,6 +80,7 @@ export class ImageBrowser {
   }
 
   async loadRoot() {
+    const imageId = this.imageId;
     this.tree.replaceChildren();
     this.view.replaceChildren();
     delete this.status.dataset.fetched;
@@ -90,12 +91,15 @@ export class ImageBrowser {
     }
     if (pyodide.state === "loading") this.say("Loading Python (Pyodide) to read the image…");
     try {
-      this.image = await this.url();
+      const url = await this.url(imageId);
+      if (this.shown !== imageId) return; // another image was picked meanwhile
+      this.image = url;
       const root = this.item({ name: "/", kind: "dir", size: 0 }, "");
       this.tree.append(root);
       root.tabIndex = 0;
       await this.expand(root);
     } catch (error) {
+      if (this.shown !== imageId) return;
       this.shown = null;
       this.say(`Cannot read the image's files: ${error.message}`);
     }
@@ -168,6 +172,7 @@ export class ImageBrowser {
 
   async open(path) {
     this.view.replaceChildren(element("p", { className: "hint", textContent: `Reading ${path}…` }));
+    delete this.view.dataset.path;
     try {
       const reply = await ask("read", { url: this.image, path, limit: VIEW_LIMIT });
       const file = reply.value;
@@ -185,25 +190,30 @@ export class ImageBrowser {
     }
   }
 
-  /** Expand the folders down to `path` and focus it (a file is opened). */
+  /** Expand the folders down to `path` and focus it (a file is opened; where the path goes missing,
+   * the last folder found is focused). */
   async reveal(path) {
     await this.load();
     let item = this.tree.querySelector("[role=treeitem]");
+    if (!item) return;
     for (const name of path.split("/").filter(Boolean)) {
-      if (!item) break;
-      await this.expand(item);
-      const group = item.querySelector(":scope > [role=group]");
-      const next = [...group.children].find((child) => child.dataset.path?.endsWith(`/${name}`));
+      const next = item.dataset.kind === "dir" ? await this.child(item, name) : null;
       if (!next) {
-        this.say(`No ${path} in this image.`);
+        this.say(`No ${path} in this image (symlinked folders are not followed here).`);
         break;
       }
       item = next;
     }
-    if (!item) return;
     this.focus(item);
     if (item.dataset.kind === "dir") await this.expand(item);
     else await this.open(item.dataset.path);
+  }
+
+  async child(folder, name) {
+    await this.expand(folder);
+    const path = `${folder.dataset.path === "/" ? "" : folder.dataset.path}/${name}`;
+    const group = folder.querySelector(":scope > [role=group]");
+    return [...group.children].find((child) => child.dataset.path === path);
   }
 
   visible() {
