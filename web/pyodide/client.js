@@ -44,7 +44,8 @@ export function startPyodide(base) {
     worker.onmessage = ({ data }) => {
       if (data.op === "ready") {
         clearTimeout(timer);
-        performance.measure("pe:pyodide-ready", { start: 0, end: performance.now(), detail: { workerMs: data.ms } });
+        const detail = { workerMs: data.ms, pyodideMs: data.pyodideMs };
+        performance.measure("pe:pyodide-ready", { start: 0, end: performance.now(), detail });
         setState("ready");
         resolve();
       } else if (data.op === "failed") {

@@ -1,7 +1,8 @@
 // The Pyodide worker (a module Web Worker, served as assets/pyodide/worker.js beside the runtime).
 // Python's `wire` package parses run answers (application/x-cpio) and reads image files through HTTP
 // Range requests. Protocol (web/pyodide/client.js is the other side):
-//   out, once:  {op: "ready", ms} (ms since the worker started) or {op: "failed", error}
+//   out, once:  {op: "ready", ms, pyodideMs} (since the worker started; until loadPyodide resolved)
+//               or {op: "failed", error}
 //   in:         {id, op: "parse", buffer} | {id, op: "list", url, path} | {id, op: "read", url, path, limit}
 //   out:        {id, ok: true, value, ms} or {id, ok: false, error}; "list" and "read" add {fetched, size}
 import { loadPyodide } from "./pyodide.mjs";
@@ -129,13 +130,16 @@ function buffers(value, found = new Set()) {
   return [...found];
 }
 
+/** Load Pyodide and `wire`; resolves to the ms loadPyodide took. */
 async function start() {
   const pyodide = await loadPyodide({ indexURL: new URL(".", import.meta.url).href });
+  const pyodideMs = performance.now();
   const zip = await fetch(new URL("wire.zip", import.meta.url));
   if (!zip.ok) throw new Error(`wire.zip: HTTP ${zip.status}`);
   const sitePackages = pyodide.runPython("import sysconfig; sysconfig.get_path('purelib')");
   pyodide.unpackArchive(await zip.arrayBuffer(), "zip", { extractDir: sitePackages });
   glue = pyodide.pyimport("pe_browser");
+  return pyodideMs;
 }
 
 self.onmessage = ({ data: message }) => {
@@ -152,6 +156,6 @@ self.onmessage = ({ data: message }) => {
 };
 
 start().then(
-  () => self.postMessage({ op: "ready", ms: performance.now() }),
+  (pyodideMs) => self.postMessage({ op: "ready", ms: performance.now(), pyodideMs }),
   (error) => self.postMessage({ op: "failed", error: String(error.message ?? error) }),
 );
