@@ -107,6 +107,16 @@ def test_graphviz_example_shows_an_image(browser, site: ServeProcess, tmp_path: 
     page.close()
 
 
+def test_choosing_another_example_shows_its_files(browser, site: ServeProcess) -> None:
+    """python3's examples all edit main.py: the second one replaces the first one's text."""
+    page = open_playground(browser, f"{site.url}/#image=python3&example=0")
+    assert "print('hello')" in page.locator(".cm-content").inner_text()
+    page.locator("#example").select_option("1")
+    page.wait_for_function("!document.querySelector('.cm-content').innerText.includes(\"print('hello')\")")
+    assert page.locator(".cm-content").inner_text().strip() != ""
+    page.close()
+
+
 def test_rate_limited_run_shows_a_clear_message(browser, tmp_path: Path) -> None:
     flags = ("--rate-runs-per-s", "0.01", "--rate-runs-burst", "1")
     served = start_serve(tmp_path / "serve.log", *flags)

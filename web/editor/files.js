@@ -46,6 +46,7 @@ export class Files {
 
   /** Replace every file with `files` ({path: text or {base64}}) and select `selected` (else the first). */
   load(files, selected) {
+    this.current = null;  // else select() would keep the editor's text as the new file of the same name
     this.binary = new Map();
     this.states = new Map();
     for (const [path, content] of Object.entries(files)) this.#put(path, content);
