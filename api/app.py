@@ -6,12 +6,14 @@ import dataclasses
 from collections.abc import Awaitable, Callable
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import Lifespan
 
 from api.clients import TrustedProxies, client_key
+from api.cors import Cors
 from api.encoded import EncodedOutputs
 from api.errors import EXCEPTION_HANDLERS, ApiError
 from api.images import ImageResolver
@@ -257,6 +259,9 @@ def create_app(edge: Edge, lifespan: Lifespan[Starlette] | None = None) -> Starl
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
     ]
-    app = Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan)
+    cors = Middleware(Cors, origins=edge.settings.cors_origins)
+    app = Starlette(
+        routes=routes, middleware=[cors], exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan
+    )
     app.state.edge = edge
     return app

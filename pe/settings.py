@@ -45,6 +45,7 @@ class Settings:
     log_level: str = "info"
     trusted_proxies: tuple[str, ...] = ()
     forwarded_header: str = "x-forwarded-for"
+    cors_origins: tuple[str, ...] = ("*",)
     rate_requests_per_s: float = 20.0
     rate_requests_burst: int = 100
     rate_runs_per_s: float = 1.0
@@ -132,6 +133,7 @@ FIELD_HELP: dict[str, str] = {
     "log_level": "debug, info, warning or error",
     "trusted_proxies": "proxy networks (comma-separated CIDRs) whose forwarding header names the client",
     "forwarded_header": "the header trusted proxies name the client in: x-forwarded-for or forwarded",
+    "cors_origins": "origins whose pages may call the API (comma-separated; * for any, empty for none)",
     "rate_requests_per_s": "run and result requests per second per client (0: no limit)",
     "rate_requests_burst": "run and result requests a client may make at once",
     "rate_runs_per_s": "runs not answered from the cache per second per client (0: no limit)",
