@@ -130,7 +130,7 @@ function buffers(value, found = new Set()) {
   return [...found];
 }
 
-/** Load Pyodide and `wire`; resolves to the ms loadPyodide took. */
+/** Load Pyodide and `wire`; resolves to when loadPyodide had resolved (ms since the worker started). */
 async function start() {
   const pyodide = await loadPyodide({ indexURL: new URL(".", import.meta.url).href });
   const pyodideMs = performance.now();
