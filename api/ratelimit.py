@@ -133,15 +133,28 @@ class RateLimits:
         return quota
 
 
+QUOTA_HEADERS = ("RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset")
+_RAW_QUOTA_HEADERS = tuple(name.lower().encode() for name in QUOTA_HEADERS)
+
+
+def _quota_values(decision: Decision) -> tuple[int, int, int]:
+    return decision.limit, decision.remaining, _seconds(decision.reset_s)
+
+
 def quota_headers(decision: Decision | None) -> dict[str, str]:
     """`RateLimit-Limit`, `-Remaining` and `-Reset` (whole seconds) for `decision`; none without one."""
     if decision is None:
         return {}
-    return {
-        "RateLimit-Limit": str(decision.limit),
-        "RateLimit-Remaining": str(decision.remaining),
-        "RateLimit-Reset": str(_seconds(decision.reset_s)),
-    }
+    return dict(zip(QUOTA_HEADERS, map(str, _quota_values(decision)), strict=True))
+
+
+def raw_quota_headers(decision: Decision | None) -> list[tuple[bytes, bytes]]:
+    """The same headers as ASGI pairs (lower-case names, bytes), for a route that builds its own."""
+    if decision is None:
+        return []
+    return [
+        (name, b"%d" % value) for name, value in zip(_RAW_QUOTA_HEADERS, _quota_values(decision), strict=True)
+    ]
 
 
 def _seconds(duration: float) -> int:
