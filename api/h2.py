@@ -17,7 +17,7 @@
   `ControlBudget` allows (rapid reset, CVE-2023-44487) gets GOAWAY(ENHANCE_YOUR_CALM) and is closed.
 
 Hypercorn picks its HTTP/2 class from `hypercorn.protocol.H2Protocol`; `install()` points that name
-at this class (and the HTTP/1.1 name at api/h1.py's).
+at this class (and the HTTP/1.1 name at api/h1.py's; hpack's Huffman decoder at api/huffman.py's).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from hypercorn.protocol.events import Event as StreamEvent
 from hypercorn.protocol.events import StreamClosed
 from hypercorn.protocol.h2 import H2Protocol
 
-from api import connections
+from api import connections, huffman
 from api.h1 import EdgeH11Protocol
 
 ErrorCodes = h2.errors.ErrorCodes
@@ -192,3 +192,4 @@ class EdgeH2Protocol(H2Protocol):
 def install() -> None:
     hypercorn.protocol.H2Protocol = EdgeH2Protocol  # type: ignore[misc]
     hypercorn.protocol.H11Protocol = EdgeH11Protocol  # type: ignore[misc]
+    huffman.install()  # request headers decoded a byte at a time, not a nibble
