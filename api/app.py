@@ -271,13 +271,15 @@ def counted(route: str, endpoint: Endpoint) -> Endpoint:
 
 
 def create_app(edge: Edge, lifespan: Lifespan[Starlette] | None = None) -> Starlette:
-    from api.work import work_routes  # it builds on this module's helpers
+    from api.gists import gist_proxy, gist_routes  # they build on this module's helpers
+    from api.work import work_routes
 
     routes = [
         Route("/api/v1/run", counted("run", run), methods=["POST"]),
         Route("/api/v1/runs/{run_id}", counted("runs", get_run), methods=["GET"]),
         Route("/api/v1/catalog", counted("catalog", catalog), methods=["GET"]),
         Route("/api/v1/images/{digest}.erofs", counted("images", image_file), methods=["GET"]),
+        *gist_routes(),
         *work_routes(),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
@@ -287,4 +289,5 @@ def create_app(edge: Edge, lifespan: Lifespan[Starlette] | None = None) -> Starl
         routes=routes, middleware=[cors], exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan
     )
     app.state.edge = edge
+    app.state.gists = gist_proxy(edge)
     return app

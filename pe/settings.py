@@ -32,6 +32,7 @@ class Settings:
     max_streams: int = 100
     grace_s: float = 20.0
     gist_api_url: str = "https://api.github.com"
+    gist_fresh_s: float = 60.0
     cache_dir: Path = field(default_factory=_default_cache_dir)
     slots: int = field(default_factory=lambda: os.cpu_count() or 1)
     max_body_bytes: int = 20 << 20
@@ -120,6 +121,7 @@ FIELD_HELP: dict[str, str] = {
     "max_streams": "most concurrent HTTP/2 streams per connection",
     "grace_s": "seconds a stopping edge (SIGTERM) gives accepted requests to be answered",
     "gist_api_url": "base URL of the GitHub-shaped gist API",
+    "gist_fresh_s": "seconds a gist's latest revision is served from the cache before the API is asked again",
     "cache_dir": "folder for images, mounts and build caches",
     "slots": "runs executed at once by the in-process worker",
     "max_body_bytes": "largest request body accepted (413 above)",
