@@ -113,24 +113,27 @@ class GistProxy:
                     cached.checked = time.monotonic()
                     return cached
                 upstream_error(status, upstream_headers, gist_id)
-                answer, answer_rev = await self.normalise(client, gist_id, body)
+                answer, answer_rev = await self.normalise(client, gist_id, rev, body)
         except ApiError as error:
             if cached is not None and error.status in (502, 503):
                 return cached  # stale beats nothing while the upstream cannot answer
             raise
         item = Cached(answer, answer_rev, upstream_headers.get("etag", ""), time.monotonic())
         self.cache.put((gist_id, rev), item)
-        if answer_rev:  # the latest revision is also that revision, for good
+        if answer_rev and not rev:  # the latest revision is also that revision, for good
             self.cache.put((gist_id, answer_rev), Cached(answer, answer_rev, "", item.checked))
         return item
 
-    async def normalise(self, client: httpx.AsyncClient, gist_id: str, body: bytes) -> tuple[bytes, str]:
-        """Our answer from the upstream's gist JSON, with truncated files fetched; and its revision."""
+    async def normalise(
+        self, client: httpx.AsyncClient, gist_id: str, rev: str, body: bytes
+    ) -> tuple[bytes, str]:
+        """Our answer from the upstream's gist JSON for revision `rev` ("": the latest, the first in its
+        history), with truncated files fetched; and its revision."""
         try:
             gist = json.loads(body)
             listed = gist["files"]
             history = gist.get("history") or [{}]
-            rev = str(history[0].get("version") or "")
+            rev = rev or str(history[0].get("version") or "")
         except (ValueError, KeyError, TypeError, AttributeError, IndexError):
             raise unavailable("the gist API's answer is not a gist") from None
         if not isinstance(listed, dict):
@@ -155,22 +158,24 @@ class GistProxy:
         return json.dumps(answer, ensure_ascii=False).encode(), rev
 
     async def file_bytes(self, client: httpx.AsyncClient, name: str, meta: object) -> bytes:
-        """A listed file's bytes: its `content`, or its `raw_url` when the API truncated it."""
+        """A listed file's bytes: its `content`, unless the API truncated it or it is not `size` bytes in
+        UTF-8 (a binary file): then from its `raw_url`."""
         if not isinstance(meta, dict):
             raise unavailable(f"the gist API's entry for {name!r} is not a file")
-        if isinstance(meta.get("size"), int) and meta["size"] > MAX_FILE_BYTES:
-            raise too_large(f"{name} is {meta['size']} bytes, over {MAX_FILE_BYTES >> 20} MiB")
-        if not meta.get("truncated") and isinstance(meta.get("content"), str):
-            data = meta["content"].encode()
-        else:
-            raw_url = str(meta.get("raw_url") or "")
-            parts = urlsplit(raw_url)
-            if f"{parts.scheme}://{parts.netloc}" not in self.raw_origins:
-                raise unavailable(f"{name} is truncated and its raw_url is not on an allowed host")
-            status, headers, data = await fetch(client, raw_url, {}, limit=MAX_FILE_BYTES)
-            upstream_error(status, headers, name)
-        if len(data) > MAX_FILE_BYTES:
-            raise too_large(f"{name} is over {MAX_FILE_BYTES >> 20} MiB")
+        size = meta.get("size")
+        if isinstance(size, int) and size > MAX_FILE_BYTES:
+            raise too_large(f"{name} is {size} bytes, over {MAX_FILE_BYTES >> 20} MiB")
+        content = meta.get("content")
+        if isinstance(content, str) and not meta.get("truncated"):
+            data = content.encode()
+            if size is None or len(data) == size:
+                return data
+        raw_url = str(meta.get("raw_url") or "")
+        parts = urlsplit(raw_url)
+        if f"{parts.scheme}://{parts.netloc}" not in self.raw_origins:
+            raise unavailable(f"{name} is truncated and its raw_url is not on an allowed host")
+        status, headers, data = await fetch(client, raw_url, {}, limit=MAX_FILE_BYTES)
+        upstream_error(status, headers, name)
         return data
 
 
