@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator
 from hypercorn.config import Config
 from starlette.applications import Starlette
 from starlette.routing import Mount
-from starlette.staticfiles import StaticFiles
 
 from api.app import Edge, create_app
 from api.connections import ConnectionManager
@@ -26,6 +25,7 @@ from catalog.entry import load_catalog
 from catalog.store import ImageStore
 from pe.settings import Settings
 from web.assets import AssetError
+from web.compress import PrecompressedFiles
 from web.site import cached_site
 from worker.pull import PullWorker
 from worker.runners import make_runners
@@ -86,7 +86,7 @@ def make_app(settings: Settings, *, with_worker: bool = True) -> Starlette:
     except AssetError as error:
         log.error("serving the API without the web site, which could not be built: %s", error)
     else:
-        app.router.routes.append(Mount("/", StaticFiles(directory=site, html=True)))
+        app.router.routes.append(Mount("/", PrecompressedFiles(directory=site, html=True)))
     return app
 
 

@@ -16,12 +16,22 @@ import jinja2
 
 from catalog.entry import CATALOG_DIR, CatalogEntry, load_catalog
 from web.assets import WEB, WIRE, bundle, lock_hash, node_modules, pyodide_assets, python_sources
+from web.compress import precompress
 
 TEMPLATES = WEB / "templates"
 STATIC = WEB / "static"
 # Every file whose content decides the site (with the API base, the lockfile and the `wire` package's
 # sources, which the browser runs in Pyodide): the site's cache key.
-SOURCES = ("templates", "static", "editor", "viewers", "pyodide", "site.py", "assets.py")
+SOURCES = (
+    "templates",
+    "static",
+    "editor",
+    "viewers",
+    "pyodide",
+    "site.py",
+    "assets.py",
+    "compress.py",
+)
 
 
 def build_site(out: Path, cache_dir: Path, api_base: str = "") -> None:
@@ -37,6 +47,7 @@ def build_site(out: Path, cache_dir: Path, api_base: str = "") -> None:
         modules = node_modules(cache_dir)
         bundle(modules, work / "assets")
         pyodide_assets(modules, work / "assets" / "pyodide")
+        precompress(work)  # <file>.gz beside the files gzip shrinks (web/compress.py)
         shutil.rmtree(out, ignore_errors=True)
         try:
             work.rename(out)

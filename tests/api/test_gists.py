@@ -213,9 +213,11 @@ def test_truncated_and_binary_files_are_fetched_from_raw_url(http, upstream) -> 
     gid = gist_id("raw")
     big = "".join(f"line {n}: ✓\n" for n in range(5000))  # ~70 KB: truncated by the fake's API
     binary = bytes(range(256)) * 8
-    upstream.add(gid, {"big.txt": big, "data.bin": binary})
+    small = bytes(range(256))  # not truncated, but its listed content is not its 256 bytes in UTF-8
+    upstream.add(gid, {"big.txt": big, "data.bin": binary, "small.bin": small})
     body = http.get(f"/api/v1/gists/{gid}").json()
     assert body["files"]["big.txt"] == big
+    assert base64.b64decode(body["files"]["small.bin"]["base64"]) == small
     assert base64.b64decode(body["files"]["data.bin"]["base64"]) == binary
 
 

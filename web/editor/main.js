@@ -10,11 +10,13 @@ import { startPyodide } from "../pyodide/client.js";
 
 const STORAGE_KEY = "pe.session.v1";
 const $ = (id) => document.getElementById(id);
+// A limit input in KiB or MiB says so by data-scale (1024, 1048576): the API counts bytes.
+const scale = (input) => Number(input.dataset.scale ?? 1);
 const ui = {
   search: $("image-search"), list: $("image-list"), image: $("image"), example: $("example"),
   description: $("image-description"), options: $("options"), argv: $("argv"), env: $("env"), stdin: $("stdin"),
   run: $("run"), status: $("status"), stats: $("stats"), outputs: $("outputs"),
-  limits: [$("limit-wall"), $("limit-memory")],
+  limits: [...document.querySelectorAll("input[data-limit]")],
 };
 let images = new Map();
 let files;
@@ -56,7 +58,7 @@ function open(imageId, session = {}) {
   ui.stdin.value = session.stdin ?? "";
   for (const input of ui.limits) {
     input.value = session.limits?.[input.dataset.limit] ?? "";
-    input.placeholder = `default ${image.limits[input.dataset.limit]}`;  // the image's own default
+    input.placeholder = `default ${image.limits[input.dataset.limit] / scale(input)}`;  // the image's own default
   }
   save();
 }
@@ -90,7 +92,7 @@ function spec() {
   if (env.length) body.env = Object.fromEntries(env.map(([name, value]) => [name, value ?? ""]));
   if (ui.stdin.value) body.stdin = { text: ui.stdin.value };
   const limits = ui.limits.filter((input) => input.value !== "");
-  if (limits.length) body.limits = Object.fromEntries(limits.map((input) => [input.dataset.limit, Number(input.value)]));
+  if (limits.length) body.limits = Object.fromEntries(limits.map((input) => [input.dataset.limit, Number(input.value) * scale(input)]));
   return body;
 }
 
