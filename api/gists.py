@@ -104,7 +104,7 @@ class GistProxy:
             return cached
         path = f"/gists/{gist_id}/{rev}" if rev else f"/gists/{gist_id}"
         headers = {"Accept": "application/vnd.github+json"}
-        if cached is not None:
+        if cached is not None and cached.etag:
             headers["If-None-Match"] = cached.etag
         try:
             async with httpx.AsyncClient(timeout=TIMEOUT, follow_redirects=False) as client:
