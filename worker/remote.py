@@ -5,23 +5,19 @@ pulls are long polls, several at once as streams of one connection, each telling
 worker can run (runners, architecture, the images it holds); extends renew leases; the output goes
 back as a streamed cpio archive. Images it lacks come from the edge into its ImageCache.
 
-When the edge goes away (connection refused or reset, GOAWAY, a stream refused, 503), requests are
-sent again after a backoff, exponential with full jitter (a random delay up to the bound, so that
-workers do not come back in step); httpx opens the new connection. Pulls retry for ever, extends and
-uploads only while the lease may still hold: after that the edge has queued the job again.
-
-A draining edge first stops taking new streams on the connection (SETTINGS_MAX_CONCURRENT_STREAMS=0;
-httpx then fails new requests with LocalProtocolError), and sends GOAWAY once the streams it took are
-answered: the worker sends its next requests over a new connection at once (`_leave`). Caveat: httpx
-fails every stream still waiting for its answer when a GOAWAY arrives, even those the edge promised to
-answer. A pull the edge answered with a job on such a stream is lost to the worker; the job runs
-elsewhere once its lease expires.
+The HTTP/2 connection is worker/edgelink.py's: a draining edge's connection (no new streams, then
+GOAWAY) is left for a new one while the streams the edge took are still answered on it. When the
+edge goes away (connection refused or reset, a stream it did not take, 503), requests are sent again
+after a backoff, exponential with full jitter (a random delay up to the bound, so that workers do not
+come back in step) over a new connection. Pulls retry for ever, extends and uploads only while the
+lease may still hold: after that the edge has queued the job again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import platform
@@ -30,14 +26,13 @@ import secrets
 import signal
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from pe.settings import Settings
 from wire.result import RunOutput, iter_pack_output
+from worker.edgelink import Answer, EdgeLink, LinkError
 from worker.imagecache import FetchError, ImageCache
 from worker.pull import Lease, PullWorker, SourceRefused, lease_ids
 from worker.runner import Job, Runner
@@ -53,6 +48,7 @@ CONNECT_TIMEOUT_S = 5.0
 UPLOAD_TIMEOUT_S = 60.0
 UPLOAD_CHUNK_BYTES = 64 * 1024  # see _chunks
 CPIO = "application/x-cpio"
+JSON = "application/json"
 
 
 class EdgeError(Exception):
@@ -90,32 +86,18 @@ class EdgeSource:
         self.images = ImageCache(images_dir, images_bytes, self.download)
         self.wait_s = wait_s
         self.running: Callable[[], int] = lambda: 0  # set by whoever runs the jobs, for the edge's view
-        self.edge_url = edge_url.rstrip("/")
-        self.token = token
-        self.http = self._client()
-        self._leaving: set[asyncio.Task[None]] = set()  # closing clients whose connection is draining
+        self.link = EdgeLink(
+            edge_url,
+            {"authorization": f"Bearer {token}"},
+            connect_timeout_s=CONNECT_TIMEOUT_S,
+            on_connect=self._up,
+        )
         self._expires: dict[str, float] = {}  # lease token → when (monotonic) the lease runs out
         self._down_since: float | None = None  # when the edge stopped answering
         self._connected = False
 
-    def _client(self) -> httpx.AsyncClient:
-        """A client with one HTTP/2 connection to the edge (opened by its first request)."""
-        return httpx.AsyncClient(
-            base_url=self.edge_url,
-            http1=False,  # HTTP/2 only: prior knowledge on http://, ALPN h2 on https://
-            http2=True,
-            headers={"Authorization": f"Bearer {self.token}"},
-            timeout=httpx.Timeout(
-                CONNECT_TIMEOUT_S, read=self.wait_s + 10, write=UPLOAD_TIMEOUT_S, pool=None
-            ),
-            event_hooks={"request": [self._traced]},
-        )
-
     async def aclose(self) -> None:
-        for closing in self._leaving:
-            closing.cancel()
-        await asyncio.gather(*self._leaving, return_exceptions=True)
-        await self.http.aclose()
+        await self.link.aclose()
 
     # JobSource
 
@@ -137,8 +119,15 @@ class EdgeSource:
             "running": self.running(),
             "wait_s": min(wait_s, FETCHING_WAIT_S) if fetching else wait_s,
         }
-        response = await self._send("pull", lambda: self.http.post("/api/v1/work/pull", json=report))
-        answer = _json(response, 200)
+        body = json.dumps(report).encode()
+        timeout_s = report["wait_s"] + 10  # the long poll, then time for the answer
+
+        def pull() -> Awaitable[Answer]:
+            return self.link.request(
+                "POST", "/api/v1/work/pull", body=body, headers={"content-type": JSON}, timeout_s=timeout_s
+            )
+
+        answer = _json(await self._send("pull", pull), 200)
         if answer.get("job") is None:
             self.images.want(answer.get("wanted_images", []))
             return None
@@ -157,8 +146,13 @@ class EdgeSource:
 
     async def extend(self, lease: Lease) -> bool:
         url = f"/api/v1/work/jobs/{lease.job.id}/leases/{lease.token}/extend"
-        response = await self._send("extend", lambda: self.http.post(url), until=self._expiry(lease))
-        if response.status_code == 409:
+        timeout_s = self.wait_s + 10
+
+        def extend() -> Awaitable[Answer]:
+            return self.link.request("POST", url, timeout_s=timeout_s)
+
+        response = await self._send("extend", extend, until=self._expiry(lease))
+        if response.status == 409:
             self._release(lease)
             return False
         seconds = float(_json(response, 200)["seconds"])
@@ -170,13 +164,15 @@ class EdgeSource:
         edge no longer held the lease (after a retry, maybe because the first upload got through: the
         log line says how many attempts there were)."""
         url = f"/api/v1/work/jobs/{lease.job.id}/leases/{lease.token}/complete"
-        headers = {"Content-Type": CPIO}
+        headers = {"content-type": CPIO}
         attempts = 0
 
-        def upload() -> Awaitable[httpx.Response]:
+        def upload() -> Awaitable[Answer]:
             nonlocal attempts
             attempts += 1
-            return self.http.post(url, content=_chunks(output), headers=headers)
+            return self.link.request(
+                "POST", url, body=_chunks(output), headers=headers, timeout_s=UPLOAD_TIMEOUT_S
+            )
 
         started = time.monotonic()
         try:
@@ -202,14 +198,13 @@ class EdgeSource:
 
     async def download(self, digest: str) -> AsyncIterator[bytes]:
         """The bytes of an image from the edge's store (worker/imagecache.py checks them)."""
-        async with self.http.stream(
-            "GET", f"/api/v1/images/{digest}.erofs", timeout=UPLOAD_TIMEOUT_S
-        ) as response:
-            if response.status_code != 200:
-                await response.aread()
-                raise FetchError(f"the edge answered {response.status_code}: {response.text[:200]}")
-            async for chunk in response.aiter_bytes():
-                yield chunk
+        path = f"/api/v1/images/{digest}.erofs"
+        async with self.link.stream("GET", path, timeout_s=UPLOAD_TIMEOUT_S) as (status, _, pieces):
+            if status != 200:
+                text = b"".join([piece async for piece in pieces])[:200].decode(errors="replace")
+                raise FetchError(f"the edge answered {status}: {text}")
+            async for piece in pieces:
+                yield piece
 
     # Sending
 
@@ -222,24 +217,21 @@ class EdgeSource:
         return self._expires.get(lease.token, time.monotonic())
 
     async def _send(
-        self, what: str, request: Callable[[], Awaitable[httpx.Response]], *, until: float | None = None
-    ) -> httpx.Response:
+        self, what: str, request: Callable[[], Awaitable[Answer]], *, until: float | None = None
+    ) -> Answer:
         """The edge's answer to `request()`, sent again after a backoff when the connection fails or
         the edge answers 503, until `until` (monotonic; None: for ever). 401 and 422 raise
         SourceRefused; other errors EdgeError, as does a failure after `until`."""
         failures = 0
         while True:
-            client = self.http  # the one `request` uses
             try:
                 response = await request()
-            except httpx.TransportError as error:  # refused, reset, GOAWAY, REFUSED_STREAM, timeout
-                why = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
-                if isinstance(error, httpx.LocalProtocolError) and client is self.http:
-                    self._leave(client)
+            except LinkError as error:  # refused, reset, a stream not taken, timeout
+                why = str(error)
             else:
-                if response.status_code != 503:
+                if response.status != 503:
                     self._up()
-                    if response.status_code in (401, 422):
+                    if response.status in (401, 422):
                         raise SourceRefused(f"the edge refuses this worker: {_error_text(response)}")
                     return response
                 why = f"503 {_error_text(response)}"
@@ -251,38 +243,14 @@ class EdgeSource:
             log.debug("%s: retrying in %.2f s: %s", what, delay, why)
             await asyncio.sleep(delay)
 
-    def _leave(self, client: httpx.AsyncClient) -> None:
-        """The connection takes no new streams: a draining edge sets SETTINGS_MAX_CONCURRENT_STREAMS to
-        0, and sends GOAWAY only once the streams it took are answered. httpx would keep trying it (and
-        reads the GOAWAY only while a request waits for an answer on it), so new requests go over a
-        new client; the old one is closed once its long polls are over."""
-        self.http = self._client()
-
-        async def close_later() -> None:
-            try:
-                await asyncio.sleep(self.wait_s + 10)
-            finally:
-                await client.aclose()
-
-        closing = asyncio.create_task(close_later(), name="close-draining-connection")
-        self._leaving.add(closing)
-        closing.add_done_callback(self._leaving.discard)
-
-    async def _traced(self, request: httpx.Request) -> None:
-        request.extensions["trace"] = self._trace
-
-    async def _trace(self, event: str, info: dict) -> None:
-        """httpcore's progress on a request: a new connection is up once its HTTP/2 preface is sent
-        (a long poll's answer may come much later)."""
-        if event == "http2.send_connection_init.complete":
-            self._up()
-
     def _up(self) -> None:
+        """A connection is up (its preface sent; a long poll's answer may come much later), or the
+        edge answered."""
         if self._down_since is not None:
             log.info("reconnected", extra={"after_s": round(time.monotonic() - self._down_since, 3)})
             self._down_since = None
         elif not self._connected:
-            log.info("connected", extra={"edge": str(self.http.base_url), "worker": self.worker})
+            log.info("connected", extra={"edge": self.link.url, "worker": self.worker})
         self._connected = True
 
     def _down(self, why: str) -> None:
@@ -291,7 +259,7 @@ class EdgeSource:
             log.warning("edge unreachable, reconnecting with backoff: %s", why)
 
 
-async def _chunks(output: RunOutput) -> AsyncIterator[bytes]:
+def _chunks(output: RunOutput) -> Iterator[bytes]:
     """The result archive in pieces of UPLOAD_CHUNK_BYTES or more (the last may be smaller): a small
     output goes in one piece, since each piece costs the edge and the worker a round of HTTP/2 work."""
     pending: list[bytes] = []
@@ -306,13 +274,13 @@ async def _chunks(output: RunOutput) -> AsyncIterator[bytes]:
         yield b"".join(pending)
 
 
-def _json(response: httpx.Response, status: int) -> Any:
-    if response.status_code != status:
-        raise EdgeError(f"the edge answered {response.status_code}: {_error_text(response)}")
+def _json(response: Answer, status: int) -> Any:
+    if response.status != status:
+        raise EdgeError(f"the edge answered {response.status}: {_error_text(response)}")
     return response.json()
 
 
-def _error_text(response: httpx.Response) -> str:
+def _error_text(response: Answer) -> str:
     with contextlib.suppress(ValueError, KeyError, TypeError):
         error = response.json()["error"]
         return f"{error['code']}: {error['message']}"
@@ -325,7 +293,6 @@ async def work(settings: Settings, edge_url: str) -> int:
     when a runner cannot start on this host."""
     from worker.runners import make_runners  # the same runners as the in-process worker's
 
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request; ours say what matters
     source = EdgeSource(
         edge_url,
         settings.worker_token,

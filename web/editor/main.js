@@ -1,10 +1,12 @@
 // The playground: picks an image, edits its files and options, runs it and shows the result.
 // The session (image, files, options, argv, env, stdin) is kept in localStorage; a URL fragment
-// `#image=ID&example=N` (from the catalogue pages) replaces it with that image's example.
+// `#image=ID&example=N` (from the catalogue pages) replaces it with that image's example, and a share
+// link `#s1=…` (share.js, docs/sharing-links.md) with the shared state and its stored result.
 import { ImageBrowser } from "./browser.js";
 import { Files } from "./files.js";
 import { invalidOption, readOptions, renderOptions } from "./options.js";
-import { figures, run } from "./run.js";
+import { API_BASE, figures, run, storedRun } from "./run.js";
+import { copyLink, decodeState, encodeState, isShareFragment, servedDigests } from "./share.js";
 import { renderOutputs } from "../viewers/outputs.js";
 import { startPyodide } from "../pyodide/client.js";
 
@@ -17,10 +19,13 @@ const ui = {
   description: $("image-description"), options: $("options"), argv: $("argv"), env: $("env"), stdin: $("stdin"),
   run: $("run"), status: $("status"), stats: $("stats"), outputs: $("outputs"),
   limits: [...document.querySelectorAll("input[data-limit]")],
+  copy: $("copy-link"), shareLink: $("share-link"), shareNote: $("share-note"), pin: $("pin-note"), unpin: $("unpin"),
 };
 let images = new Map();
 let files;
 let browser;
+let pinned = null; // the digest a share link pinned: runs ask for exactly that one
+let shown = null; // the result on show: {id, digest, spec: the JSON of the spec it answers}
 
 function entry() {
   return images.get(ui.image.value);
@@ -34,7 +39,7 @@ function noteArgv() {
 function save() {
   noteArgv();
   const session = {
-    image: ui.image.value, files: files.contents(), selected: files.current, options: readOptions(ui.options),
+    image: ui.image.value, digest: pinned, files: files.contents(), selected: files.current, options: readOptions(ui.options),
     argv: ui.argv.value, env: ui.env.value, stdin: ui.stdin.value,
     limits: Object.fromEntries(ui.limits.map((input) => [input.dataset.limit, input.value])),
   };
@@ -45,6 +50,8 @@ function save() {
 function open(imageId, session = {}) {
   const image = images.get(imageId) ?? images.values().next().value;
   ui.image.value = image.id;
+  pinned = session.digest ?? null;
+  ui.pin.hidden = true;
   ui.search.value = "";
   ui.description.textContent = image.description;
   ui.example.replaceChildren(new Option("Examples…", ""));
@@ -80,7 +87,7 @@ function spec() {
   const image = entry();
   const options = Object.fromEntries(Object.entries(readOptions(ui.options)).filter(([, v]) => v !== undefined));
   const body = {
-    image: image.id,
+    image: pinned ? `${image.id}@${pinned}` : image.id,
     files: Object.fromEntries(
       Object.entries(files.contents()).map(([path, content]) => [path, typeof content === "string" ? { text: content } : content]),
     ),
@@ -115,18 +122,94 @@ async function runNow() {
   setStatus("running", "Running…");
   ui.stats.textContent = "";
   try {
-    const answer = await run(spec());
-    setStatus(answer.state, answer.message);
-    ui.status.dataset.parser = answer.parser ?? "";
-    // A run that did not happen leaves the previous result on show, dimmed.
-    ui.outputs.parentElement.classList.toggle("stale", !answer.result);
-    if (answer.result) {
-      ui.stats.textContent = figures(answer.result);
-      renderOutputs(ui.outputs, answer.result, entry().view); // the entry's viewer hints
-    }
+    const body = spec();
+    show(await run(body), body);
   } finally {
     ui.run.disabled = false;
   }
+}
+
+/** Show an answer of `run` or `storedRun` for the spec `body` (kept: a share link carries the run id
+ * only while the spec is unchanged). */
+function show(answer, body) {
+  setStatus(answer.state, answer.message);
+  ui.status.dataset.parser = answer.parser ?? "";
+  // A run that did not happen leaves the previous result on show, dimmed.
+  ui.outputs.parentElement.classList.toggle("stale", !answer.result);
+  if (!answer.result) return;
+  shown = { id: answer.result.id, digest: answer.result.image?.digest, spec: JSON.stringify(body) };
+  ui.stats.textContent = figures(answer.result);
+  renderOutputs(ui.outputs, answer.result, entry().view); // the entry's viewer hints
+}
+
+/** The state a share link carries: pinned to the digest that ran (or runs now), with the run id when
+ * the result on show answers the current spec. */
+async function shareState() {
+  const body = spec();
+  const current = shown?.spec === JSON.stringify(body) ? shown : null;
+  let digest = pinned ?? current?.digest;
+  digest ??= (await servedDigests(API_BASE).catch(() => new Map())).get(entry().id) ?? null;
+  const state = {
+    image: entry().id, digest, files: files.contents(), argv: body.argv ?? [], env: body.env ?? {}, stdin: ui.stdin.value,
+    options: body.options, limits: body.limits ?? {},
+  };
+  if (current) state.run = current.id;
+  return state;
+}
+
+/** Open a share link: its state replaces the session; its run's stored result is shown when the edge
+ * still has it, else Run is offered (a link never runs by itself). False when it cannot be opened. */
+async function openShareLink(fragment) {
+  history.replaceState(null, "", location.pathname + location.search);
+  let state;
+  try {
+    state = await decodeState(fragment);
+    if (!images.has(state.image)) throw new Error(`This link's image ${state.image} is not in this service's catalogue.`);
+  } catch (error) {
+    setStatus("error", error.message);
+    return false;
+  }
+  open(state.image, sessionOf(state));
+  ui.outputs.replaceChildren();
+  ui.stats.textContent = "";
+  await checkPin(state);
+  const stored = state.run ? await storedRun(state.run) : null;
+  if (stored?.result) {
+    show(stored, spec());
+    ui.shareNote.textContent = "Opened a shared link: its stored result is shown, not run again.";
+    return true;
+  }
+  const why = !state.run ? "" : stored ? `its result could not be fetched (${stored.message}); ` : "its result is no longer stored; ";
+  setStatus("idle", `Opened a shared link: ${why}press Run to run it.`);
+  return true;
+}
+
+/** A link pinned to a digest this service no longer serves: say so, naming both, and offer the
+ * current version (never a silent switch; until then a Run asks for the pinned one and is refused). */
+async function checkPin(state) {
+  const served = await servedDigests(API_BASE).catch(() => null); // unreachable: a Run's answer will say
+  if (!state.digest || !served || served.get(state.image) === state.digest) return;
+  const now = served.get(state.image);
+  $("pin-text").textContent = `This link pins ${state.image} at ${state.digest}, which this service no longer serves` +
+    (now ? ` (it has ${now}). Runs ask for the pinned version and are refused.` : "; the image is not built here yet.");
+  ui.unpin.hidden = !now;
+  ui.unpin.onclick = () => {
+    pinned = null;
+    ui.pin.hidden = true;
+    save();
+    setStatus("idle", `Using ${state.image} at ${now}: press Run to run it.`);
+  };
+  ui.pin.hidden = false;
+}
+
+/** The session `open` takes for a state in share.js's shape (limits in the API's units). */
+function sessionOf(state, selected) {
+  const limit = (input) => [input.dataset.limit, String(state.limits[input.dataset.limit] / scale(input))];
+  return {
+    digest: state.digest, files: state.files, selected, options: state.options, argv: state.argv.join("\n"), stdin: state.stdin,
+    env: Object.entries(state.env).map(([name, value]) => `${name}=${value}`).join("\n"),
+    limits: Object.fromEntries(ui.limits.filter((input) => input.dataset.limit in state.limits).map(limit)),
+  };
 }
 
 function askPath(message, initial) {
@@ -154,7 +237,8 @@ async function addUploads(list) {
   }
 }
 
-function fromFragment() {
+async function fromFragment() {
+  if (isShareFragment(location.hash)) return openShareLink(location.hash);
   const params = new URLSearchParams(location.hash.slice(1));
   if (!params.has("image")) return false;
   const example = params.get("example");
@@ -189,6 +273,15 @@ async function start() {
   ui.options.addEventListener("input", save);
   for (const field of [ui.argv, ui.env, ui.stdin, ...ui.limits]) field.addEventListener("input", save);
   ui.run.addEventListener("click", runNow);
+  ui.copy.addEventListener("click", async () => {
+    ui.shareNote.textContent = "";
+    try {
+      const link = new URL(`#${await encodeState(await shareState())}`, location.href).href;
+      await copyLink(link, ui.shareLink, ui.shareNote);
+    } catch (error) {
+      ui.shareNote.textContent = `No link: ${error.message}`;
+    }
+  });
   document.addEventListener("keydown", (event) => {
     if (event.key === "Enter" && (event.ctrlKey || event.metaKey) && !event.defaultPrevented) {
       event.preventDefault();
@@ -220,7 +313,7 @@ async function start() {
   });
   window.addEventListener("hashchange", fromFragment);
 
-  if (!fromFragment()) {
+  if (!(await fromFragment())) {
     let session = null;
     try {
       session = JSON.parse(localStorage.getItem(STORAGE_KEY));
