@@ -10,9 +10,14 @@ import base64
 import json
 import subprocess
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
-from tests.web.test_playground import pytestmark  # noqa: F401
+import httpx
+import pytest
+
+from pe.child import ServeProcess
+from tests.web.test_playground import CHROMIUM, CHROMIUM_ARGS, pytestmark, screenshot, sync_api  # noqa: F401
 
 SHARE_JS = Path(__file__).resolve().parents[2] / "web" / "editor" / "share.js"
 
@@ -123,3 +128,204 @@ for (const [name, link] of Object.entries({json.dumps(links)})) result[name] = a
         assert "state" not in got[name], name
         assert got[name]["error"].startswith("ShareLinkError: "), name
         assert message in got[name]["error"], (name, got[name]["error"])
+
+
+# Browser tests. Each link is opened in a context of its own (`browser.new_context()`: no storage
+# shared with the context that made the link), so only the link can carry the state.
+
+PROGRAM = """import os, sys
+print("héllo — 日本語 🎉", open("data.bin", "rb").read().hex(), "debug" if __debug__ else "optimised")
+print(os.environ.get("GREETING"), sys.stdin.read().strip())
+"""
+DATA = bytes([0, 1, 2, 0x80, 0xFE, 0xFF])
+EXPECTED = f"héllo — 日本語 🎉 {DATA.hex()} optimised\ngrüß dich ünï"
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Iterator:
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def site(edge: ServeProcess) -> ServeProcess:
+    return edge  # the suite's shared `pe serve` (tests/conftest.py) serves the site too
+
+
+def fresh_page(chromium, url: str, posts: list[str] | None = None):
+    """`url` in a new context (its own storage); `posts` collects the URLs of POST requests."""
+    page = chromium.new_context().new_page()
+    if posts is not None:
+        page.on("request", lambda request: request.method == "POST" and posts.append(request.url))
+    page.goto(url)
+    page.wait_for_selector("body[data-ready=true]")
+    return page
+
+
+def copy_link(page) -> str:
+    page.get_by_role("button", name="Copy link").click()
+    field = page.get_by_label("Share link")
+    field.wait_for()
+    page.wait_for_function("document.getElementById('share-note').textContent !== ''")
+    return field.input_value()
+
+
+def served_digest(site: ServeProcess, image: str) -> str:
+    images = httpx.get(f"{site.url}/api/v1/catalog").json()["images"]
+    return next(entry["digest"] for entry in images if entry["id"] == image)
+
+
+def test_a_link_reproduces_files_options_and_output_in_a_fresh_context(
+    chromium, site: ServeProcess, tmp_path: Path
+) -> None:
+    data = tmp_path / "data.bin"
+    data.write_bytes(DATA)
+    page = fresh_page(chromium, f"{site.url}/#image=python3")
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"])
+    page.locator(".cm-content").click()
+    page.keyboard.press("Control+a")
+    page.keyboard.insert_text(PROGRAM)
+    page.locator("#upload").set_input_files(str(data))
+    page.get_by_role("tab", name="data.bin", selected=True).wait_for()
+    page.get_by_label("Optimisation").select_option("-O")
+    page.locator("#advanced summary").click()
+    page.get_by_label("Environment").fill("GREETING=grüß dich")
+    page.get_by_label("stdin").fill("ünï")
+    page.get_by_label("Wall time limit (ms)").fill("3000")
+    page.get_by_role("button", name="Run").click()
+    stdout = page.locator("[data-stream=stdout] pre")
+    stdout.wait_for(timeout=30_000)
+    assert stdout.inner_text().strip() == EXPECTED
+    link = copy_link(page)
+    assert page.evaluate("navigator.clipboard.readText()") == link
+    assert page.locator("#share-note").inner_text() == "Link copied."
+    screenshot(page, tmp_path, "share-made")
+    fragment = link.partition("#")[2]
+    state = read_link(fragment)
+    assert state["files"]["data.bin"] == {"base64": base64.b64encode(DATA).decode()}
+    assert state["digest"] == served_digest(site, "python3")
+    assert state["options"] == {"optimize": "-O"} and state["limits"] == {"wall_ms": 3000}
+    run_id = state["run"]
+    page.get_by_label("stdin").fill("changed")  # the result on show no longer answers the state
+    assert "run" not in read_link(copy_link(page).partition("#")[2])
+    page.context.close()
+
+    posts: list[str] = []
+    page = fresh_page(chromium, link, posts)
+    page.wait_for_function("document.getElementById('status').dataset.state === 'cached'", timeout=10_000)
+    screenshot(page, tmp_path, "share-opened")
+    assert page.locator("[data-stream=stdout] pre").inner_text().strip() == EXPECTED
+    assert page.locator("#share-note").inner_text().endswith("its stored result is shown, not run again.")
+    assert page.get_by_label("Share link").is_hidden()  # until Copy link
+    assert posts == []  # shown from GET /api/v1/runs/<id>, not run
+    assert page.evaluate("location.hash") == ""  # the session holds it now; a reload keeps the edits
+    assert [tab.inner_text() for tab in page.get_by_role("tab").all()] == ["main.py", "data.bin"]
+    assert page.locator(".cm-content").inner_text().rstrip("\n") == PROGRAM.rstrip("\n")
+    page.get_by_role("tab", name="data.bin").click()
+    assert "binary file, 6 bytes" in page.locator(".cm-content").inner_text()
+    assert page.get_by_label("Optimisation").input_value() == "-O"
+    assert page.get_by_label("Environment").input_value() == "GREETING=grüß dich"
+    assert page.get_by_label("stdin").input_value() == "ünï"
+    assert page.get_by_label("Wall time limit (ms)").input_value() == "3000"
+    # Run sends the same spec: the edge answers it from the same stored run.
+    with page.expect_response("**/api/v1/run") as answer:
+        page.get_by_role("button", name="Run").click()
+    assert answer.value.headers["etag"] == f'"{run_id}"'
+    page.context.close()
+
+
+def test_copy_link_without_the_clipboard_selects_the_link(
+    chromium, site: ServeProcess, tmp_path: Path
+) -> None:
+    page = fresh_page(chromium, f"{site.url}/#image=python3&example=0")
+    page.evaluate("Object.defineProperty(navigator, 'clipboard', { value: undefined })")
+    page.get_by_role("button", name="Copy link").focus()
+    page.keyboard.press("Enter")  # keyboard usable
+    field = page.get_by_label("Share link")
+    field.wait_for()
+    page.wait_for_function("document.activeElement.id === 'share-link'")
+    screenshot(page, tmp_path, "share-fallback")
+    assert page.locator("#share-note").inner_text().startswith("Press Ctrl+C")
+    field_js = "document.activeElement"
+    selected = page.evaluate(f"{field_js}.value.slice({field_js}.selectionStart, {field_js}.selectionEnd)")
+    assert selected == field.input_value() and "#s1=" in selected
+    assert read_link(selected.partition("#")[2])["files"] == {"main.py": "print('hello')\n"}
+    page.context.close()
+
+
+def test_a_link_whose_run_is_not_stored_offers_run(chromium, site: ServeProcess, tmp_path: Path) -> None:
+    state = {"v": 1, "image": "python3", "digest": served_digest(site, "python3"),
+             "files": {"main.py": "print('ran again')\n"}, "run": "0" * 64}  # fmt: skip
+    posts: list[str] = []
+    page = fresh_page(chromium, f"{site.url}/#{make_link(state)}", posts)
+    status = page.locator("#status")
+    page.wait_for_function("document.getElementById('status').textContent.startsWith('Opened')")
+    screenshot(page, tmp_path, "share-evicted")
+    assert status.inner_text() == "Opened a shared link: its result is no longer stored; press Run to run it."
+    assert posts == [] and page.locator("#outputs").inner_text() == ""  # not run by itself
+    page.get_by_role("button", name="Run").click()
+    stdout = page.locator("[data-stream=stdout] pre")
+    stdout.wait_for(timeout=30_000)
+    assert stdout.inner_text().strip() == "ran again"
+    page.context.close()
+
+
+def test_a_digest_that_is_not_served_is_named_and_not_switched(
+    chromium, site: ServeProcess, tmp_path: Path
+) -> None:
+    old = "sha256:" + "0" * 64
+    current = served_digest(site, "python3")
+    state = {"v": 1, "image": "python3", "digest": old, "files": {"main.py": "print('pinned')\n"}}
+    page = fresh_page(chromium, f"{site.url}/#{make_link(state)}")
+    note = page.locator("#pin-note")
+    note.wait_for()
+    assert note.inner_text().startswith(
+        f"This link pins python3 at {old}, which this service no longer serves"
+    )
+    assert current in note.inner_text()
+    page.get_by_role("button", name="Run", exact=True).click()
+    page.wait_for_function("document.getElementById('status').dataset.state === 'error'", timeout=30_000)
+    screenshot(page, tmp_path, "share-old-digest")
+    message = page.locator("#status").inner_text()
+    assert message.startswith("Error 404:") and "python3" in message and old in message  # refused, named
+    page.get_by_role("button", name="Use the current version").click()
+    assert note.is_hidden()
+    page.get_by_role("button", name="Run", exact=True).click()
+    stdout = page.locator("[data-stream=stdout] pre")
+    stdout.wait_for(timeout=30_000)
+    assert stdout.inner_text().strip() == "pinned"
+    assert read_link(copy_link(page).partition("#")[2])["digest"] == current  # explicitly the current one now
+    page.context.close()
+
+
+@pytest.mark.parametrize(
+    ("fragment", "message"),
+    [
+        ("s1=abc$def", "This share link is damaged: its data is not base64url"),
+        (
+            "s1=" + base64.urlsafe_b64encode(b"\xff" * 30).decode(),
+            "This share link is damaged: its data does not",
+        ),
+        (make_link({"v": 1, "image": "python3"}, "s7"), "This share link has format s7"),
+        (
+            make_link({"v": 1, "image": "python3", "argv": 3}),
+            "This share link is damaged: argv is not a list",
+        ),
+        (make_link({"v": 1, "image": "nope"}), "This link's image nope is not in this service's catalogue."),
+    ],
+    ids=["bad-base64", "bad-deflate", "unknown-version", "wrong-shape", "unknown-image"],
+)
+def test_a_malformed_link_shows_a_clear_message(
+    chromium, site: ServeProcess, tmp_path: Path, request: pytest.FixtureRequest, fragment: str, message: str
+) -> None:
+    page = fresh_page(chromium, f"{site.url}/#{fragment}")
+    status = page.locator("#status")
+    assert status.get_attribute("data-state") == "error"
+    assert status.inner_text().startswith(message)
+    screenshot(page, tmp_path, f"share-malformed-{request.node.callspec.id}")
+    # The page still works: the default image with its files, ready to run.
+    assert page.locator("#image").input_value() == "python3"
+    assert page.get_by_role("tab").count() >= 1
+    page.context.close()

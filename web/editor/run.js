@@ -35,6 +35,23 @@ export async function run(spec) {
   } catch (error) {
     return { state: "error", message: `Cannot reach the service: ${error.message}` };
   }
+  return interpret(response);
+}
+
+/** The stored result of run `id` (`GET /api/v1/runs/<id>`, as JSON), answered as `run` answers, or
+ * null when the edge does not have it (evicted, or never run). */
+export async function storedRun(id) {
+  let response;
+  try {
+    response = await fetch(`${API_BASE}/api/v1/runs/${encodeURIComponent(id)}`, { headers: { Accept: "application/json" } });
+  } catch (error) {
+    return { state: "error", message: `Cannot reach the service: ${error.message}` };
+  }
+  return response.status === 404 ? null : interpret(response);
+}
+
+/** A JSON answer of the API (a result, or an error with its status) as {state, message, result?}. */
+async function interpret(response) {
   const body = await response.json().catch(() => null);
   const retry = response.headers.get("Retry-After");
   const detail = body?.error?.message ?? `HTTP ${response.status}`;

@@ -158,3 +158,27 @@ function fromBase64Url(text) {
   const binary = atob(text.replace(/-/g, "+").replace(/_/g, "/"));
   return Uint8Array.from(binary, (c) => c.charCodeAt(0));
 }
+
+/** Catalogue id -> the digest the edge at `apiBase` serves now (null: not built), from GET /api/v1/catalog. */
+export async function servedDigests(apiBase) {
+  const response = await fetch(`${apiBase}/api/v1/catalog`);
+  if (!response.ok) throw new Error(`the catalogue: HTTP ${response.status}`);
+  const { images } = await response.json();
+  return new Map(images.map((image) => [image.id, image.digest]));
+}
+
+/** Put `link` on the clipboard and in `field` (a read-only text input, shown). Where the clipboard API
+ * is missing or refused (no permission, not a secure context), the link is selected in `field` so
+ * Ctrl+C copies it. `note` (a live region) says which happened. */
+export async function copyLink(link, field, note) {
+  field.value = link;
+  field.closest("[hidden]")?.removeAttribute("hidden");
+  try {
+    await navigator.clipboard.writeText(link);
+    note.textContent = "Link copied.";
+  } catch {
+    field.focus();
+    field.select();
+    note.textContent = "Press Ctrl+C (⌘C) to copy the selected link.";
+  }
+}
