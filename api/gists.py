@@ -116,6 +116,7 @@ class GistProxy:
                 answer, answer_rev = await self.normalise(client, gist_id, rev, body)
         except ApiError as error:
             if cached is not None and error.status in (502, 503):
+                cached.checked = time.monotonic()  # not asked again for PE_GIST_FRESH_S
                 return cached  # stale beats nothing while the upstream cannot answer
             raise
         item = Cached(answer, answer_rev, upstream_headers.get("etag", ""), time.monotonic())

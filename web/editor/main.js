@@ -4,6 +4,7 @@
 // link `#s1=…` (share.js, docs/sharing-links.md) with the shared state and its stored result.
 import { ImageBrowser } from "./browser.js";
 import { Files } from "./files.js";
+import { downloadExport, guessImage, isGistFragment, loadGist } from "./gist.js";
 import { invalidOption, readOptions, renderOptions } from "./options.js";
 import { API_BASE, figures, run, storedRun } from "./run.js";
 import { copyLink, decodeState, encodeState, isShareFragment, servedDigests } from "./share.js";
@@ -212,6 +213,24 @@ function sessionOf(state, selected) {
   };
 }
 
+/** Open a gist link (gist.js): its files and pe.toml replace the session. A gist that cannot be loaded
+ * leaves the page as it was, the reason in the status line. False when it cannot be opened. */
+async function openGist(fragment) {
+  history.replaceState(null, "", location.pathname + location.search);
+  setStatus("running", "Loading the gist…");
+  let gist;
+  try {
+    gist = await loadGist(API_BASE, fragment);
+  } catch (error) {
+    setStatus("error", error.message);
+    return false;
+  }
+  const image = gist.state.image || guessImage(images, Object.keys(gist.state.files)) || ui.image.value;
+  open(image, sessionOf(gist.state, gist.open[0]));
+  setStatus("idle", `Opened gist ${gist.id} at revision ${gist.rev.slice(0, 7)}: press Run to run it.`);
+  return true;
+}
+
 function askPath(message, initial) {
   const path = window.prompt(message, initial)?.trim();
   return path ? path.replace(/^\/+/, "") : null;
@@ -239,6 +258,7 @@ async function addUploads(list) {
 
 async function fromFragment() {
   if (isShareFragment(location.hash)) return openShareLink(location.hash);
+  if (isGistFragment(location.hash)) return openGist(location.hash);
   const params = new URLSearchParams(location.hash.slice(1));
   if (!params.has("image")) return false;
   const example = params.get("example");
@@ -281,6 +301,10 @@ async function start() {
     } catch (error) {
       ui.shareNote.textContent = `No link: ${error.message}`;
     }
+  });
+  $("export").addEventListener("click", async () => {
+    const name = await downloadExport(spec(), files.current === null ? [] : [files.current]);
+    $("export-note").textContent = `Saved ${name}: its files and pe.toml make a new gist (docs/gists.md).`;
   });
   document.addEventListener("keydown", (event) => {
     if (event.key === "Enter" && (event.ctrlKey || event.metaKey) && !event.defaultPrevented) {
