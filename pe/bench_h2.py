@@ -2,7 +2,11 @@
 
 - throughput: h2load on a cache hit (GET /api/v1/runs/<id> of a run made once) against `pe serve`,
   and on a trivial Starlette "hello" app served by the same accept loop, Hypercorn protocols and
-  connection manager (api/listener.py) in a child of its own; rounds alternate between the two.
+  connection manager (api/listener.py) in a child of its own; rounds alternate between them. The
+  cache hit is measured twice: as every client's request is answered, charged to the client's
+  requests bucket (one too large to refuse h2load), and with rate limits off. Besides h2load's rate,
+  each server's CPU time per request (from /proc): on a shared machine the rate moves with other
+  processes' load, the CPU a request costs much less.
 - memory: the server's RSS with N idle HTTP/2 connections held open by this process (each sent its
   preface and SETTINGS and read the server's), per connection: (RSS with N - RSS before) / N.
 - retire: with `max_connections` idle connections open, the time from connect to a complete
@@ -14,6 +18,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
+import os
 import re
 import resource
 import statistics
@@ -30,6 +36,12 @@ import httpx
 
 from pe.child import NO_RATE_LIMITS, ROOT, ServeProcess, free_port, start_serve
 
+# Rate limits as served, with a requests bucket h2load (one client address) cannot empty.
+REQUESTS_BUCKET_ONLY = (
+    "--rate-requests-per-s", "1000000000", "--rate-requests-burst", "1000000000",
+    "--rate-runs-per-s", "0", "--rate-fresh-per-s", "0",
+)  # fmt: skip
+
 
 def percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
@@ -41,6 +53,12 @@ def rss_bytes(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     raise RuntimeError(f"no VmRSS for {pid}")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process `pid` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def raise_nofile() -> None:
@@ -94,17 +112,26 @@ def serve_hello(port: int) -> None:
     asyncio.run(main())
 
 
-def h2load(url: str, requests: int, clients: int, streams: int) -> tuple[float, list[float], str]:
-    """Requests a second, per-request latencies (ms) and h2load's summary line."""
+@dataclasses.dataclass
+class Round:
+    rate: float  # requests a second
+    latencies: list[float]  # ms, one a request
+    cpu_us: float  # the server's CPU time per request
+    summary: str  # h2load's "requests: ..." line
+
+
+def h2load(server: ServeProcess, url: str, requests: int, clients: int, streams: int) -> Round:
     with tempfile.NamedTemporaryFile("r", suffix=".log") as log:
         command = ["h2load", "-n", str(requests), "-c", str(clients), "-m", str(streams)]
+        cpu_before = cpu_seconds(server.process.pid)
         output = subprocess.run(
             [*command, "--log-file", log.name, url], capture_output=True, text=True, check=True
         ).stdout
+        cpu = cpu_seconds(server.process.pid) - cpu_before
         latencies = [int(line.split("\t")[2]) / 1000 for line in log.read().splitlines() if line.strip()]
     rate = float(re.search(r"finished in .*?, ([\d.]+) req/s", output).group(1))  # type: ignore[union-attr]
     summary = re.search(r"^requests: .*$", output, re.M).group(0)  # type: ignore[union-attr]
-    return rate, latencies, summary
+    return Round(rate, latencies, cpu / requests * 1e6, summary)
 
 
 def cached_run(edge: ServeProcess, spec: dict) -> str:
@@ -119,29 +146,42 @@ def cached_run(edge: ServeProcess, spec: dict) -> str:
 
 
 def bench_throughput(args: argparse.Namespace, folder: Path) -> None:
-    edge = start_serve(folder / "serve.log", *NO_RATE_LIMITS)
-    hello = start_hello(folder / "hello.log")
+    servers = {
+        "hello": start_hello(folder / "hello.log"),
+        "cache hit": start_serve(folder / "serve.log", *REQUESTS_BUCKET_ONLY),
+        "cache hit, no rate limits": start_serve(folder / "serve-unlimited.log", *NO_RATE_LIMITS),
+    }
     try:
-        run_id = cached_run(edge, {"image": args.image, "argv": ["echo", "a cached run"]})
-        targets = {"hello": hello.url + "/", "cache hit": f"{edge.url}/api/v1/runs/{run_id}"}
+        spec = {"image": args.image, "argv": ["echo", "a cached run"]}
+        urls = {name: server.url + "/" for name, server in servers.items()}
+        for name in ("cache hit", "cache hit, no rate limits"):
+            urls[name] = f"{servers[name].url}/api/v1/runs/{cached_run(servers[name], spec)}"
         shape = f"-n {args.requests} -c {args.clients} -m {args.streams}"
         print(f"throughput: h2load {shape}, {args.rounds} rounds alternating, median of rounds")
-        results: dict[str, list[tuple[float, list[float], str]]] = {name: [] for name in targets}
-        h2load(targets["cache hit"], 1000, args.clients, args.streams)  # warm-up
+        results: dict[str, list[Round]] = {name: [] for name in servers}
+        for name, server in servers.items():  # warm-up
+            h2load(server, urls[name], 1000, args.clients, args.streams)
         for _ in range(args.rounds):
-            for name, url in targets.items():
-                results[name].append(h2load(url, args.requests, args.clients, args.streams))
-        rates = {name: statistics.median(rate for rate, _, _ in rounds) for name, rounds in results.items()}
+            for name, server in servers.items():
+                results[name].append(h2load(server, urls[name], args.requests, args.clients, args.streams))
+        rates = {name: statistics.median(r.rate for r in rounds) for name, rounds in results.items()}
+        cpu = {name: statistics.median(r.cpu_us for r in rounds) for name, rounds in results.items()}
         for name, rounds in results.items():
-            latencies = [value for _, values, _ in rounds for value in values]
+            latencies = [value for r in rounds for value in r.latencies]
             print(
-                f"  {name:9}  {rates[name]:8.0f} req/s   p50 {percentile(latencies, 0.5):6.2f} ms"
-                f"   p99 {percentile(latencies, 0.99):6.2f} ms   ({rounds[-1][2]})"
+                f"  {name:25}  {rates[name]:6.0f} req/s (rounds {'/'.join(f'{r.rate:.0f}' for r in rounds)})"
+                f"   p50 {percentile(latencies, 0.5):6.2f} ms   p99 {percentile(latencies, 0.99):6.2f} ms"
+                f"   server CPU {cpu[name]:4.0f} µs a request"
             )
-        print(f"  cache hit / hello throughput: {rates['cache hit'] / rates['hello']:.2f}")
+            print(f"  {'':25}  {rounds[-1].summary}")
+        for name in ("cache hit", "cache hit, no rate limits"):
+            print(
+                f"  {name} / hello: throughput {rates[name] / rates['hello']:.2f},"
+                f" CPU per request {cpu['hello'] / cpu[name]:.2f} (hello's / the cache hit's)"
+            )
     finally:
-        hello.stop()
-        edge.stop()
+        for server in servers.values():
+            server.stop()
 
 
 # idle connections
