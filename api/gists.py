@@ -15,6 +15,7 @@ host. Sizes are bounded: files, bytes per file, bytes in all.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import math
@@ -94,14 +95,24 @@ class GistProxy:
         self.fresh_s = fresh_s
         self.catalog = catalog
         self.cache = GistCache()
+        self.inflight: dict[tuple[str, str], asyncio.Future[Cached]] = {}
         upstream = urlsplit(self.base_url)
         self.raw_origins = {f"{upstream.scheme}://{upstream.netloc}", GITHUB_RAW}
 
     async def get(self, gist_id: str, rev: str) -> Cached:
-        """The answer for a gist (`rev` "" for its latest revision)."""
-        cached = self.cache.get((gist_id, rev))
+        """The answer for a gist (`rev` "" for its latest revision). Requests for a gist the upstream is
+        being asked about wait for that answer (one upstream request, not one each)."""
+        key = (gist_id, rev)
+        cached = self.cache.get(key)
         if cached is not None and (rev or time.monotonic() - cached.checked < self.fresh_s):
             return cached
+        if key not in self.inflight:
+            self.inflight[key] = asyncio.ensure_future(self.ask_upstream(gist_id, rev, cached))
+            self.inflight[key].add_done_callback(lambda _: self.inflight.pop(key, None))
+        return await asyncio.shield(self.inflight[key])  # one client leaving does not cancel the others
+
+    async def ask_upstream(self, gist_id: str, rev: str, cached: Cached | None) -> Cached:
+        """Ask the upstream (conditionally when `cached`), cache and return the answer."""
         path = f"/gists/{gist_id}/{rev}" if rev else f"/gists/{gist_id}"
         headers = {"Accept": "application/vnd.github+json"}
         if cached is not None and cached.etag:

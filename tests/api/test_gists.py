@@ -12,6 +12,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -28,18 +29,21 @@ TRUNCATE_AT = 1000  # the fake's API gives a file's first 1000 bytes (GitHub's: 
 
 class FakeGists:
     """A GitHub-shaped gist API on a loopback port. `add` publishes a revision; `requests` lists the
-    paths asked with the If-None-Match each carried; `rate_limited` and `raw_origin` change answers."""
+    paths asked with the If-None-Match each carried; `rate_limited`, `delay_s` and `raw_origin` change
+    answers."""
 
     def __init__(self) -> None:
         self.revisions: dict[str, list[tuple[str, dict[str, bytes]]]] = {}  # id -> newest first
         self.requests: list[tuple[str, str]] = []
         self.rate_limited = False
+        self.delay_s = 0.0  # how long each answer takes
         self.raw_origin = ""  # where raw_url points ("" : this server)
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 fake.requests.append((self.path, self.headers.get("If-None-Match", "")))
+                time.sleep(fake.delay_s)
                 status, headers, body = fake.answer(self.path, self.headers.get("If-None-Match", ""))
                 self.send_response(status)
                 for name, value in headers.items():
@@ -207,6 +211,21 @@ def test_the_latest_is_revalidated_by_etag_and_a_revision_is_never_asked_again(h
     assert upstream.count(f"/gists/{gid}/{rev}") == 0
     # Our own ETag: a client's If-None-Match gets a 304.
     assert http.get(f"/api/v1/gists/{gid}/{rev}", headers={"If-None-Match": f'"{rev}"'}).status_code == 304
+
+
+def test_requests_for_a_gist_being_fetched_share_one_upstream_request(edge_url, upstream) -> None:
+    gid = gist_id("together")
+    upstream.add(gid, {"a.txt": "once\n"})
+    upstream.delay_s = 1.0
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            answers = list(
+                pool.map(lambda _: httpx.get(f"{edge_url}/api/v1/gists/{gid}", timeout=30), range(4))
+            )
+    finally:
+        upstream.delay_s = 0.0
+    assert [answer.json()["files"] for answer in answers] == [{"a.txt": "once\n"}] * 4
+    assert upstream.count(f"/gists/{gid}") == 1
 
 
 def test_truncated_and_binary_files_are_fetched_from_raw_url(http, upstream) -> None:
