@@ -195,6 +195,12 @@ def cmd_bench_workers(args: argparse.Namespace) -> int:
     return bench_workers(args)
 
 
+def cmd_bench_web(args: argparse.Namespace) -> int:
+    from pe.bench_web import bench_web
+
+    return bench_web(args)
+
+
 def cmd_guest_build(args: argparse.Namespace) -> int:
     from guest.build import GuestBuildError, ensure_guest
 
@@ -397,6 +403,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench_workers.add_argument("--jobs", type=int, default=60, help="runs a throughput round (default 60)")
     add_settings_flags(bench_workers)
     bench_workers.set_defaults(handler=cmd_bench_workers)
+    bench_web = bench_commands.add_parser(
+        "web", help="the playground in Chromium: Pyodide parse vs CPython, cached run to paint, ready, bytes"
+    )
+    bench_web.add_argument("--rounds", type=int, default=20, help="parses a side (default 20)")
+    bench_web.add_argument("--runs", type=int, default=20, help="cached runs clicked (default 20)")
+    bench_web.add_argument("--loads", type=int, default=3, help="fresh page loads an encoding (default 3)")
+    bench_web.set_defaults(handler=cmd_bench_web)
 
     guest = commands.add_parser("guest", help="the vm runner's guest: kernel and initramfs (docs/vm.md)")
     guest_commands = guest.add_subparsers(dest="guest_command", required=True)
