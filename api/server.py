@@ -19,6 +19,7 @@ from api.images import ImageResolver
 from api.jobs import Dispatcher
 from api.listener import Listener
 from api.metrics import Metrics
+from api.sitepolicy import FramePolicy
 from api.state import make_state
 from api.workers import IN_PROCESS, WorkerRegistry, WorkerReport
 from catalog.entry import load_catalog
@@ -79,14 +80,16 @@ def make_app(settings: Settings, *, with_worker: bool = True) -> Starlette:
             await state.close()
 
     app = create_app(edge, lifespan=lifespan)
-    # The static site at /, after the API routes (docs/web.md): built on start, cached by its inputs.
+    # The static site at /, after the API routes (docs/web.md): built on start, cached by its inputs;
+    # only /embed/ may be framed by other sites (api/sitepolicy.py).
     # Without npm (an API-only host) the API is served alone.
     try:
         site = cached_site(settings.cache_dir)
     except AssetError as error:
         log.error("serving the API without the web site, which could not be built: %s", error)
     else:
-        app.router.routes.append(Mount("/", PrecompressedFiles(directory=site, html=True)))
+        pages = FramePolicy(PrecompressedFiles(directory=site, html=True), settings.frame_ancestors)
+        app.router.routes.append(Mount("/", pages))
     return app
 
 

@@ -47,6 +47,7 @@ class Settings:
     trusted_proxies: tuple[str, ...] = ()
     forwarded_header: str = "x-forwarded-for"
     cors_origins: tuple[str, ...] = ("*",)
+    frame_ancestors: tuple[str, ...] = ("*",)
     rate_requests_per_s: float = 20.0
     rate_requests_burst: int = 100
     rate_runs_per_s: float = 1.0
@@ -100,6 +101,9 @@ class Settings:
             raise ValueError("PE_VM_ACCEL: expected 'auto', 'kvm' or 'tcg'")
         if self.forwarded_header not in ("x-forwarded-for", "forwarded"):
             raise ValueError("PE_FORWARDED_HEADER: expected 'x-forwarded-for' or 'forwarded'")
+        from api.sitepolicy import frame_ancestors  # raises a ValueError naming a malformed source
+
+        frame_ancestors(self.frame_ancestors)
         for bucket in ("requests", "runs", "fresh"):
             if getattr(self, f"rate_{bucket}_per_s") < 0 or getattr(self, f"rate_{bucket}_burst") < 1:
                 raise ValueError(f"PE_RATE_{bucket.upper()}_PER_S must be >= 0 (0: off), _BURST >= 1")
@@ -136,6 +140,8 @@ FIELD_HELP: dict[str, str] = {
     "trusted_proxies": "proxy networks (comma-separated CIDRs) whose forwarding header names the client",
     "forwarded_header": "the header trusted proxies name the client in: x-forwarded-for or forwarded",
     "cors_origins": "origins whose pages may call the API (comma-separated; * for any, empty for none)",
+    "frame_ancestors": "sites that may frame /embed/ (CSP frame-ancestors sources, comma-separated; * for"
+    " any, empty for none); the other pages allow only 'self'",
     "rate_requests_per_s": "run and result requests per second per client (0: no limit)",
     "rate_requests_burst": "run and result requests a client may make at once",
     "rate_runs_per_s": "runs not answered from the cache per second per client (0: no limit)",

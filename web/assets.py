@@ -15,8 +15,15 @@ from pathlib import Path
 
 WEB = Path(__file__).resolve().parent
 LOCKFILE = WEB / "package-lock.json"
-# Entry points bundled into <site>/assets/<name>.js.
-ENTRY_POINTS = {"playground": WEB / "editor" / "main.js", "catalog": WEB / "editor" / "catalog.js"}
+# Entry points bundled into <site>/assets/<name>.js (ES modules sharing chunks).
+ENTRY_POINTS = {
+    "playground": WEB / "editor" / "main.js",
+    "catalog": WEB / "editor" / "catalog.js",
+    "embedded": WEB / "embed" / "main.js",
+}
+# Classic scripts bundled whole into <site>/assets/<name>.js, for other sites' <script src> tags (a
+# module has no document.currentScript, which embed.js finds its API with).
+SCRIPTS = {"embed": WEB / "embed" / "script.js"}
 WIRE = WEB.parent / "wire"
 # What a browser needs of the npm `pyodide` package: the loader, the runtime, the standard library and
 # the lock file loadPyodide fetches (not the consoles, type declarations or source maps).
@@ -60,7 +67,8 @@ def node_modules(cache_dir: Path) -> Path:
 
 
 def bundle(modules: Path, out_dir: Path) -> None:
-    """Bundle each entry point with its npm imports into `out_dir/<name>.js` (minified ES modules)."""
+    """Bundle each entry point with its npm imports into `out_dir/<name>.js` (minified ES modules), and
+    each script into one classic script."""
     esbuild = modules / ".bin" / "esbuild"
     outputs = [f"{name}={path}" for name, path in ENTRY_POINTS.items()]
     command = [
@@ -76,6 +84,9 @@ def bundle(modules: Path, out_dir: Path) -> None:
     command += ["--log-level=warning", f"--outdir={out_dir}"]
     # Imports resolve from the cached node_modules, not from a node_modules beside the sources.
     _run(command, cwd=WEB, env={**os.environ, "NODE_PATH": str(modules)})
+    scripts = [f"{name}={path}" for name, path in SCRIPTS.items()]
+    command = [str(esbuild), *scripts, "--bundle", "--minify", "--format=iife", "--target=es2020"]
+    _run([*command, "--log-level=warning", f"--outdir={out_dir}"], cwd=WEB)
 
 
 def pyodide_assets(modules: Path, out_dir: Path) -> None:

@@ -26,6 +26,7 @@ SOURCES = (
     "templates",
     "static",
     "editor",
+    "embed",
     "viewers",
     "pyodide",
     "site.py",
@@ -100,6 +101,8 @@ def _render(out: Path, catalog: dict[str, CatalogEntry], api_base: str) -> None:
         "index.html": ("playground.html", {"root": ""}),
         "catalog.html": ("catalog.html", {"root": "", "groups": mime_groups(catalog)}),
         "api.html": ("api.html", {"root": "", "example": _curl_example(entries)}),
+        "embed/index.html": ("embed.html", {"root": "../"}),
+        "embedding.html": ("embedding.html", {"root": ""}),
     }
     for entry in entries:
         pages[f"images/{entry['id']}.html"] = ("image.html", {"root": "../", "entry": entry})

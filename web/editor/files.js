@@ -26,10 +26,12 @@ function describe(base64) {
 }
 
 export class Files {
-  /** `onChange()` is called after any edit, so the caller can save the session. */
-  constructor(tabs, parent, onChange, extraKeys) {
+  /** `onChange()` is called after any edit, so the caller can save the session. With `readOnly`
+   * (the embed page's `readonly`), files can be viewed and switched, not edited. */
+  constructor(tabs, parent, onChange, extraKeys, { readOnly = false } = {}) {
     this.tabs = tabs;
     this.onChange = onChange;
+    this.readOnly = readOnly;
     this.states = new Map();
     this.binary = new Map(); // path -> base64
     this.current = null;
@@ -40,6 +42,7 @@ export class Files {
       keymap.of([indentWithTab]),
       EditorView.updateListener.of((update) => update.docChanged && this.onChange()),
       EditorView.contentAttributes.of({ "aria-label": "File contents" }),
+      EditorState.readOnly.of(readOnly),
     ];
     this.view = new EditorView({ parent, state: EditorState.create({ extensions: this.extensions }) });
   }
@@ -66,7 +69,7 @@ export class Files {
     this.current = path;
     const state = path === null ? EditorState.create({ extensions: this.extensions }) : this.states.get(path);
     this.view.setState(state);
-    this.view.contentDOM.setAttribute("contenteditable", String(path !== null && !this.binary.has(path)));
+    this.view.contentDOM.setAttribute("contenteditable", String(!this.readOnly && path !== null && !this.binary.has(path)));
     this.#renderTabs();
   }
 

@@ -302,6 +302,16 @@ async function start() {
       ui.shareNote.textContent = `No link: ${error.message}`;
     }
   });
+  $("embed-button").addEventListener("click", async () => {
+    $("embed-note").textContent = "";
+    try {
+      const src = new URL(`embed/#${await encodeState(await shareState())}`, location.href).href;
+      const snippet = `<iframe src="${src}" title="Program Explorer: ${entry().id}" style="width: 100%; height: 24rem; border: 0" loading="lazy"></iframe>`;
+      await copyLink(snippet, $("embed-snippet"), $("embed-note"));
+    } catch (error) {
+      $("embed-note").textContent = `No snippet: ${error.message}`;
+    }
+  });
   $("export").addEventListener("click", async () => {
     const name = await downloadExport(spec(), files.current === null ? [] : [files.current]);
     $("export-note").textContent = `Saved ${name}: its files and pe.toml make a new gist (docs/gists.md).`;

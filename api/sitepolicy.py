@@ -1,0 +1,61 @@
+"""Who may put the site's pages in a frame (docs/embedding.md, "Who may frame what").
+
+The embed page (`/embed/`) is made to be framed by other sites: its `frame-ancestors` are the
+`frame_ancestors` setting (default `*`). Every other page — the full playground above all — may only be
+framed by the site itself (`'self'`), so no other site can overlay it to trick a click (clickjacking).
+The rule travels as a `Content-Security-Policy` response header: a `<meta>` CSP cannot carry
+`frame-ancestors`, so a static host must send the same header itself."""
+
+from __future__ import annotations
+
+import re
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+EMBED_PREFIX = "/embed"
+# A CSP source expression, strictly enough that no value can end the directive or add another:
+# 'self', 'none', *, a scheme (https:), or a host with an optional scheme, `*.` wildcard and port.
+SOURCE = re.compile(
+    r"'self'|'none'|\*|[a-z][a-z0-9+.-]*:|([a-z][a-z0-9+.-]*://)?(\*\.)?[A-Za-z0-9.-]+(:(\d+|\*))?"
+)
+
+
+def frame_ancestors(sources: tuple[str, ...]) -> bytes:
+    """The CSP header value for `sources` (`'none'` when empty); ValueError names a malformed one."""
+    for source in sources:
+        if not SOURCE.fullmatch(source):
+            raise ValueError(
+                f"PE_FRAME_ANCESTORS: {source!r} is not a frame-ancestors source "
+                "(e.g. *, 'self', https:, https://docs.example.org, https://*.example.org)"
+            )
+    return ("frame-ancestors " + (" ".join(sources) or "'none'")).encode()
+
+
+class FramePolicy:
+    """Adds `Content-Security-Policy: frame-ancestors …` to the HTML pages `app` serves: the embed
+    page's sources for paths under /embed, `'self'` for the others."""
+
+    def __init__(self, app: ASGIApp, embed_sources: tuple[str, ...]) -> None:
+        self.app = app
+        self.embed_policy = frame_ancestors(embed_sources)
+        self.page_policy = frame_ancestors(("'self'",))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"]
+        is_embed = path == EMBED_PREFIX or path.startswith(EMBED_PREFIX + "/")
+        policy = self.embed_policy if is_embed else self.page_policy
+
+        async def send_with_policy(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = message.get("headers", [])
+                is_html = any(
+                    name == b"content-type" and value.startswith(b"text/html") for name, value in headers
+                )
+                if is_html:
+                    message = {**message, "headers": [*headers, (b"content-security-policy", policy)]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_policy)
