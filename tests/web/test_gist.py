@@ -212,7 +212,10 @@ def test_export_round_trips_through_the_edge_validator_and_a_new_gist(
     assert download.value.suggested_filename == "gcc-gist.zip"
     with zipfile.ZipFile(io.BytesIO(Path(download.value.path()).read_bytes())) as archive:
         exported = {name: archive.read(name) for name in archive.namelist()}
-    assert "pe.toml" in page.locator("#export-note").inner_text()
+    assert (
+        page.locator("#export-note").inner_text()
+        == "Saved gcc-gist.zip: its files and pe.toml make a new gist."
+    )
     assert exported["data.bin"] == bytes(range(256)) and exported["main.c"].decode() == MAIN_C
 
     text = exported["pe.toml"].decode()
@@ -230,6 +233,15 @@ def test_export_round_trips_through_the_edge_validator_and_a_new_gist(
     assert {**after, "files": None} == {**before, "files": None}
     assert after["files"]["main.c"] == MAIN_C
     assert after["files"]["data.bin"] == before["files"]["data.bin"]  # {base64}, byte for byte
-    screenshot(reopened, tmp_path, "gist-export-reopened")
     (tmp_path / "exported-pe.toml").write_text(text)
+
+    reopened.once("dialog", lambda dialog: dialog.accept("src/util.c"))  # "+ File" asks for a name
+    reopened.locator("#add-file").click()
+    with reopened.expect_download() as download:
+        reopened.locator("#export").click()
+    with zipfile.ZipFile(Path(download.value.path())) as archive:
+        assert "src/util.c" in archive.namelist()
+    note = reopened.locator("#export-note").inner_text()
+    assert note.endswith("Gists have no folders: src/util.c must move to the top level.")
+    screenshot(reopened, tmp_path, "gist-export-folder")
     reopened.close()

@@ -120,14 +120,16 @@ export async function exportZip(spec, open = []) {
   return zipSync(entries, { level: 6 });
 }
 
-/** Save `exportZip(spec, open)` as `<image>-gist.zip`. */
+/** Save `exportZip(spec, open)` as `<image>-gist.zip`; returns what to tell the person. */
 export async function downloadExport(spec, open = []) {
   const zip = await exportZip(spec, open);
   const url = URL.createObjectURL(new Blob([zip], { type: "application/zip" }));
   const name = `${spec.image.split("@")[0]}-gist.zip`;
   Object.assign(document.createElement("a"), { href: url, download: name }).click();
   setTimeout(() => URL.revokeObjectURL(url), 60_000);
-  return name;
+  const nested = Object.keys(spec.files).filter((path) => path.includes("/"));
+  const warning = nested.length ? ` Gists have no folders: ${nested.join(", ")} must move to the top level.` : "";
+  return `Saved ${name}: its files and pe.toml make a new gist.${warning}`;
 }
 
 /** The image for a gist whose pe.toml names none: the first in `images` (a Map of catalogue entries)

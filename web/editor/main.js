@@ -313,8 +313,7 @@ async function start() {
     }
   });
   $("export").addEventListener("click", async () => {
-    const name = await downloadExport(spec(), files.current === null ? [] : [files.current]);
-    $("export-note").textContent = `Saved ${name}: its files and pe.toml make a new gist (docs/gists.md).`;
+    $("export-note").textContent = await downloadExport(spec(), files.current === null ? [] : [files.current]);
   });
   document.addEventListener("keydown", (event) => {
     if (event.key === "Enter" && (event.ctrlKey || event.metaKey) && !event.defaultPrevented) {
