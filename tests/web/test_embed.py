@@ -112,13 +112,14 @@ def test_a_host_on_another_origin_drives_the_iframe(
 
 def test_messages_from_another_origin_are_ignored(browser, edge: ServeProcess, host) -> None:  # noqa: F811
     """The same host page reached as localhost: not the origin the iframe was told (127.0.0.1), so its
-    setFiles and run are ignored, and nothing is posted to it."""
+    setFiles and run are ignored, and nothing is posted to it. An iframe given a malformed origin says so."""
     origin, folder = host
     src = f"{edge.url}/embed/?image=python3&example=0&origin={origin}"
-    name = host_page(folder, "wrong.html", f'<iframe src="{src}"></iframe>')
+    bad = f"{edge.url}/embed/?origin=not-an-origin"
+    name = host_page(folder, "wrong.html", f'<iframe src="{src}"></iframe><iframe src="{bad}"></iframe>')
     page = browser.new_page()
     page.goto(f"{origin.replace('127.0.0.1', 'localhost')}/{name}")
-    frame = page.frame_locator("iframe")
+    frame = page.frame_locator("iframe >> nth=0")
     frame.locator("body[data-ready=true]").wait_for(timeout=20_000)
     send = "message => document.querySelector('iframe').contentWindow.postMessage(message, '*')"
     page.evaluate(send, {"type": "pe:setFiles", "files": {"main.py": "print('not allowed')"}})
@@ -127,6 +128,10 @@ def test_messages_from_another_origin_are_ignored(browser, edge: ServeProcess, h
     assert "not allowed" not in frame.locator(".cm-content").inner_text()
     assert frame.locator("#status").get_attribute("data-state") == "idle"
     assert page.evaluate("window.messages") == []  # replies go to 127.0.0.1's origin only
+    # A malformed origin= is refused in words, not taken as "any origin".
+    status = page.frame_locator("iframe >> nth=1").locator("#status")
+    status.get_by_text("origin=not-an-origin is not an origin").wait_for(timeout=10_000)
+    assert status.get_attribute("data-state") == "error"
     page.close()
 
 

@@ -30,18 +30,19 @@ let entry; // the image's catalogue entry (viewer hints)
  * ancestorOrigins, else the referrer's origin); null when unknown or not framed. */
 function hostOrigin() {
   if (window.parent === window) return null;
-  if (query.has("origin")) return query.get("origin");
-  if (location.ancestorOrigins?.length) return location.ancestorOrigins[0];
+  const given = query.get("origin") ?? location.ancestorOrigins?.[0] ?? document.referrer;
   try {
-    return new URL(document.referrer).origin;
+    return new URL(given).origin; // "https://host.example/" and "https://host.example" alike
   } catch {
-    return null;
+    return query.has("origin") ? BAD_ORIGIN : null;
   }
 }
+// A malformed `origin` parameter: no message is accepted or posted (rather than from or to anyone).
+const BAD_ORIGIN = "bad origin";
 const host = hostOrigin();
 
 function post(message) {
-  if (window.parent !== window) window.parent.postMessage(message, host ?? "*");
+  if (window.parent !== window && host !== BAD_ORIGIN) window.parent.postMessage(message, host ?? "*");
 }
 
 /** The state to show: the fragment's share link, else the query's example (python3's first by default). */
@@ -172,6 +173,7 @@ function applyOptions() {
 }
 
 async function start() {
+  if (host === BAD_ORIGIN) throw new Error(`origin=${query.get("origin")} is not an origin such as https://docs.example.org.`);
   applyOptions();
   reportHeight();
   const catalog = await (await fetch(ui.main.dataset.catalog)).json();
