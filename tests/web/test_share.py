@@ -329,3 +329,20 @@ def test_a_malformed_link_shows_a_clear_message(
     assert page.locator("#image").input_value() == "python3"
     assert page.get_by_role("tab").count() >= 1
     page.context.close()
+
+
+def test_a_link_pasted_into_an_open_page_replaces_its_state(
+    chromium, site: ServeProcess, tmp_path: Path
+) -> None:
+    page = fresh_page(chromium, f"{site.url}/#image=python3&example=0")
+    good = {"v": 1, "image": "busybox", "files": {"notes/ü.txt": "ü\n"}, "argv": ["cat", "notes/ü.txt"]}
+    page.evaluate(f"location.hash = {json.dumps(make_link(good))}")  # same document: a hashchange
+    page.get_by_role("tab", name="notes/ü.txt").wait_for()
+    assert page.locator("#image").input_value() == "busybox"
+    assert page.get_by_label("argv").input_value() == "cat\nnotes/ü.txt"
+    page.evaluate("location.hash = 's1=abc$def'")
+    page.wait_for_function("document.getElementById('status').dataset.state === 'error'")
+    screenshot(page, tmp_path, "share-pasted-malformed")
+    assert "its data is not base64url" in page.locator("#status").inner_text()
+    assert page.get_by_role("tab", name="notes/ü.txt").is_visible()  # the page keeps what it had
+    page.context.close()
