@@ -7,7 +7,8 @@
 - **cached run**: the Run click to the output painted (a frame after the run button is enabled again)
   for a run the edge answers from its cache, with Pyodide ready (the cpio path);
 - **ready**: page load to Pyodide ready (the page's `pe:pyodide-ready` measure), cold (a fresh browser
-  context, nothing cached) and warm (a reload in the same context);
+  context, nothing cached) and warm (a reload in the same context), against loadPyodide of the same
+  package in Node (the machine's own speed at that moment);
 - **bytes**: the response bytes a fresh context receives for the playground, Pyodide's runtime apart
   from the rest, with gzip and with `Accept-Encoding: identity`.
 """
@@ -17,13 +18,17 @@ from __future__ import annotations
 import argparse
 import base64
 import importlib.util
+import os
 import random
 import statistics
+import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 from pe.child import NO_RATE_LIMITS, ServeProcess, start_serve
+from pe.settings import Settings
+from web.assets import node_modules
 from wire.result import FileInfo, Result, RunOutput, Status, StreamInfo, pack_output
 from wire.spec import DEFAULT_LIMITS
 
@@ -35,6 +40,14 @@ CHROMIUM_ARGS = [
 ]  # fmt: skip
 PE_BROWSER = Path(__file__).resolve().parents[1] / "web" / "pyodide" / "pe_browser.py"
 READY_TIMEOUT_MS = 120_000
+# The baseline for "ready": loadPyodide of the same npm package in Node, in the same run.
+NODE_READY = """
+const dir = process.env.PYODIDE_DIR;
+const { loadPyodide } = await import(`${dir}/pyodide.mjs`);
+const start = performance.now();
+await loadPyodide({ indexURL: `${dir}/` });
+console.log(performance.now() - start);
+"""
 
 # In the page: start the site's Pyodide worker, and parse `window.archive` once per call.
 START_WORKER = """async (encoded) => {
@@ -192,10 +205,23 @@ def load_once(browser, url: str, headers: dict[str, str]) -> dict:
     return figures
 
 
+def node_ready_ms(pyodide: Path) -> float:
+    command = ["node", "--input-type=module", "-e", NODE_READY]
+    environment = {**os.environ, "PYODIDE_DIR": str(pyodide)}
+    done = subprocess.run(command, env=environment, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"node could not load Pyodide: {done.stderr}")
+    return float(done.stdout)
+
+
 def bench_ready_and_bytes(browser, served: ServeProcess, rounds: int) -> None:
+    pyodide = node_modules(Settings().cache_dir) / "pyodide"
     for encoding in ("gzip", "identity"):
         headers = {"Accept-Encoding": encoding} if encoding == "identity" else {}
-        loads = [load_once(browser, f"{served.url}/", headers) for _ in range(rounds)]
+        loads, node = [], []
+        for _ in range(rounds):  # alternating with the baseline
+            loads.append(load_once(browser, f"{served.url}/", headers))
+            node.append(node_ready_ms(pyodide))
         median = {key: statistics.median(load[key] for load in loads) for key in ("load", "page", "pyodide")}
         answered = ", ".join(sorted(set().union(*(load["encodings"] for load in loads))))
         print(f"Accept-Encoding {encoding} (assets answered {answered}), {rounds} rounds:")
@@ -205,6 +231,9 @@ def bench_ready_and_bytes(browser, served: ServeProcess, rounds: int) -> None:
             worker, pyodide = statistics.median(ready["worker"]), statistics.median(ready["pyodide"])
             print(f"  Pyodide ready, {kind}: {summary(ready['ms'])} after navigation", end="")
             print(f" (medians: the worker alive {worker:.0f} ms, of which loadPyodide {pyodide:.0f} ms)")
+        ratio = statistics.median(load["cold"]["pyodide"] for load in loads) / statistics.median(node)
+        print(f"  baseline: loadPyodide in Node {summary(node)}", end="")
+        print(f"; Chromium's cold loadPyodide / Node's {ratio:.2f}")
         page_kb, pyodide_kb = median["page"] / 1000, median["pyodide"] / 1000
         print(f"  bytes received: page {page_kb:.0f} kB, Pyodide {pyodide_kb:.0f} kB", end="")
         print(f", together {page_kb + pyodide_kb:.0f} kB")
