@@ -228,9 +228,9 @@ def bench_ready_and_bytes(browser, served: ServeProcess, rounds: int) -> None:
         print(f"  page load event {median['load']:.0f} ms")
         for kind in ("cold", "warm"):
             ready = {key: [load[kind][key] for load in loads] for key in ("ms", "worker", "pyodide")}
-            worker, pyodide = statistics.median(ready["worker"]), statistics.median(ready["pyodide"])
+            worker, loading = statistics.median(ready["worker"]), statistics.median(ready["pyodide"])
             print(f"  Pyodide ready, {kind}: {summary(ready['ms'])} after navigation", end="")
-            print(f" (medians: the worker alive {worker:.0f} ms, of which loadPyodide {pyodide:.0f} ms)")
+            print(f" (medians: the worker alive {worker:.0f} ms, of which loadPyodide {loading:.0f} ms)")
         ratio = statistics.median(load["cold"]["pyodide"] for load in loads) / statistics.median(node)
         print(f"  baseline: loadPyodide in Node {summary(node)}", end="")
         print(f"; Chromium's cold loadPyodide / Node's {ratio:.2f}")
