@@ -97,6 +97,8 @@ class Settings:
                 raise ValueError(f"PE_TRUSTED_PROXIES: {error}") from None
         if self.vm_pool_mib < 0:
             raise ValueError("PE_VM_POOL_MIB: must be 0 (no pool) or more")
+        if self.gist_fresh_s < 0:
+            raise ValueError("PE_GIST_FRESH_S: must be 0 (always ask again) or more")
         if self.vm_accel not in ("auto", "kvm", "tcg"):
             raise ValueError("PE_VM_ACCEL: expected 'auto', 'kvm' or 'tcg'")
         if self.forwarded_header not in ("x-forwarded-for", "forwarded"):

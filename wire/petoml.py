@@ -4,7 +4,7 @@
 image = "gcc"                  # catalogue id, optionally pinned: "gcc@sha256:<hex>"
 command = "gcc -O2 main.c"     # split like a shell would (no shell runs it); or argv = ["gcc", ...]
 stdin = "some input"
-open = ["main.c"]              # files shown first; the first is selected
+open = ["main.c"]              # the file the playground shows (the first of the list)
 [env]
 NAME = "value"
 [options]                      # the image's options (catalogue schema)
