@@ -5,19 +5,23 @@
 # (a newc cpio: run.env, config.json, stdin, work/...) and pe-output (raw, written here as a newc cpio:
 # status, stdout, stderr, crun.log, work/...). The host reads only the output device, after poweroff.
 export PATH=/bin
+# crun runs from the read-only root (below) and need not re-execute a sealed copy of itself.
+export _LIBCONTAINER_CLONED_BINARY=1
 
-# crun's pivot_root cannot leave the initramfs (rootfs): move everything to a tmpfs first.
-if [ ! -e /.pe-tmpfs ]; then
-  mkdir /newroot && mount -t tmpfs -o mode=0755 root /newroot
-  for entry in /*; do
-    [ "$entry" = /newroot ] || cp -a "$entry" /newroot/
-  done
-  touch /newroot/.pe-tmpfs
-  exec switch_root /newroot /init
+# crun's pivot_root cannot leave the initramfs (rootfs, the root of the mount tree): a read-only bind
+# mount of it is moved over / and the init goes on chrooted in it (nothing is copied; writable
+# places are tmpfs mounts below). Read-only and on ramfs (rootfstype=ramfs), crun's binary needs no
+# copy of itself to be safe from a container that would overwrite it (CVE-2019-5736): see docs/vm.md.
+if [ "$1" != rooted ]; then
+  mount --bind / /newroot && cd /newroot && mount --move . / && exec chroot . /init rooted
+  echo "pe-init: error: cannot make the root"
+  poweroff -f
 fi
 mount -t devtmpfs dev /dev
 mount -t proc proc /proc
+mount -o remount,bind,ro /
 mount -t sysfs sys /sys
+mount -t tmpfs -o mode=0755 run /run
 
 fail() {
   echo "pe-init: error: $*"
@@ -27,6 +31,7 @@ fail() {
 while read -r module; do
   insmod "/lib/modules/$module" || fail "insmod $module"
 done < /etc/pe-modules
+echo 1 > /proc/sys/kernel/modules_disabled  # no module is loaded after ours, whoever asks
 
 for block in /sys/block/vd*; do
   [ -e "$block/serial" ] && ln -s "/dev/${block##*/}" "/dev/$(cat "$block/serial")"
@@ -35,8 +40,17 @@ for device in pe-image pe-input pe-output; do
   [ -b "/dev/$device" ] || fail "no $device block device"
 done
 
-mkdir -p /run/in /run/out/work /mnt/image /run/bundle
+mkdir -p /run/out/work
 mount -t erofs -o ro /dev/pe-image /mnt/image || fail "cannot mount the image"
+
+# What does not depend on the job is done before a pool guest waits for it.
+# The run's cgroup: crun puts the container in pe/run; the limits and counters are pe's.
+echo 1 > /proc/sys/vm/overcommit_memory  # as on a big host: the cgroup limit, not the VM's size, refuses
+mount -t cgroup2 cgroup2 /sys/fs/cgroup
+echo "+cpu +memory +pids" > /sys/fs/cgroup/cgroup.subtree_control
+mkdir /sys/fs/cgroup/pe
+mount -t tmpfs -o mode=0755 work /run/out/work || fail "cannot mount /work"
+mkfifo /run/stdout.fifo /run/stderr.fifo
 
 # A warm pool's guest (pe.wait) waits here for its job: the host writes the input device, then
 # sends a line on the console. The kernel may have cached the device's first blocks: drop them.
@@ -45,24 +59,17 @@ if grep -qw pe.wait /proc/cmdline; then
   read -r -t 600 _ || poweroff -f  # worker/vm.py POOL_WAIT_S: a guest nobody took goes away
   blockdev --flushbufs /dev/pe-input
 fi
-cd /run/in && cpio -i -d < /dev/pe-input 2> /dev/null || fail "cannot read the input archive"
-. /run/in/run.env
-mount -t tmpfs -o "size=$PE_WORK_BYTES,mode=0755" work /run/out/work || fail "cannot mount /work"
-[ -d /run/in/work ] && cp -a /run/in/work/. /run/out/work/
+# The input archive lands in /run/out: its work/ in the /work tmpfs; config.json makes /run/out the
+# bundle. Only status, stdout, stderr, crun.log and work/ go back to the host.
+cd /run/out && cpio -i -d < /dev/pe-input 2> /dev/null || fail "cannot read the input archive"
+. /run/out/run.env
+mount -o "remount,size=$PE_WORK_BYTES" /run/out/work || fail "cannot size /work"
 chown -R "$PE_UID:$PE_UID" /run/out/work
-cp /run/in/config.json /run/bundle/config.json
-
-# The run's cgroup: crun puts the container in pe/run; the limits and counters are pe's.
-echo 1 > /proc/sys/vm/overcommit_memory  # as on a big host: the cgroup limit, not the VM's size, refuses
-mount -t cgroup2 cgroup2 /sys/fs/cgroup
-echo "+cpu +memory +pids" > /sys/fs/cgroup/cgroup.subtree_control
-mkdir /sys/fs/cgroup/pe
 echo "$PE_MEMORY_BYTES" > /sys/fs/cgroup/pe/memory.max
 echo "$PE_PIDS" > /sys/fs/cgroup/pe/pids.max
 
 # Each stream is cut one byte past its cap, so the host can tell that the cap was passed; the
 # program then gets SIGPIPE, as it would be killed by the sandbox runner.
-mkfifo /run/stdout.fifo /run/stderr.fifo
 head -c "$((PE_STREAM_BYTES + 1))" < /run/stdout.fifo > /run/out/stdout &
 stdout_pid=$!
 head -c "$((PE_STREAM_BYTES + 1))" < /run/stderr.fifo > /run/out/stderr &
@@ -70,7 +77,7 @@ stderr_pid=$!
 
 echo "pe-init: running"  # the host starts its run deadline here
 read -r started _ < /proc/uptime
-crun --log=/run/out/crun.log run --bundle /run/bundle pe < /run/in/stdin > /run/stdout.fifo 2> /run/stderr.fifo &
+crun --log=/run/out/crun.log run --bundle /run/out pe < /run/out/stdin > /run/stdout.fifo 2> /run/stderr.fifo &
 crun_pid=$!
 (sleep "$PE_WALL_S" && echo 1 > /run/out/timedout && crun kill pe KILL) &
 watchdog_pid=$!

@@ -433,9 +433,11 @@ def _leaves(pid: int) -> list[int]:
 
 
 def kernel_command_line(accel: str) -> str:
-    """Under TCG the guest kernel's TSC calibration against the emulated PIT fails when the host is
+    """`rootfstype=ramfs`: the initramfs is unpacked into ramfs rather than tmpfs, so crun (run from
+    it, read-only) can tell it needs no sealed copy of itself (guest/init.sh, docs/vm.md).
+    Under TCG the guest kernel's TSC calibration against the emulated PIT fails when the host is
     busy, and the boot then hangs; TCG's TSC is the host's, so its frequency is given instead."""
-    line = "console=ttyS0 quiet panic=-1"
+    line = "console=ttyS0 quiet panic=-1 rootfstype=ramfs"
     if accel == "tcg":
         mhz = host_cpu_mhz()
         if mhz:
