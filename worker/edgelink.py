@@ -107,16 +107,17 @@ class Connection:
     def idle(self) -> bool:
         return not self.streams
 
-    async def send(self, headers: list[tuple[str, str]], body: Iterable[bytes]) -> _Stream:
-        """Open a stream with the request (`headers`, pseudo-headers first); returns once its body is
-        written (the answer comes later)."""
+    async def send(self, headers: list[tuple[str, str]], body: Iterable[bytes] | None) -> _Stream:
+        """Open a stream with the request (`headers`, pseudo-headers first; None: no body); returns
+        once its body is written (the answer comes later)."""
         stream = _Stream(self.h2.get_next_available_stream_id())
         self.streams[stream.id] = stream
         try:
-            self.h2.send_headers(stream.id, headers)
-            for piece in body:
-                await self._send_data(stream, memoryview(piece))
-            self.h2.end_stream(stream.id)
+            self.h2.send_headers(stream.id, headers, end_stream=body is None)
+            if body is not None:
+                for piece in body:
+                    await self._send_data(stream, memoryview(piece))
+                self.h2.end_stream(stream.id)
             self._flush()
         except (h2.exceptions.ProtocolError, OSError, RuntimeError) as error:
             self.forget(stream, reset=True)
@@ -298,7 +299,7 @@ class EdgeLink:
     ) -> AsyncIterator[tuple[int, dict[str, str], AsyncIterator[bytes]]]:
         """The status, headers and body pieces of the answer, read as they come (each within
         `timeout_s`). Leaving early cancels the stream at the edge."""
-        pieces = [body] if isinstance(body, bytes) else body
+        pieces = ([body] if body else None) if isinstance(body, bytes) else body
         request = [(":method", method), *self.scheme_authority, (":path", self.base_path + path)]
         request += self.headers + [(name.lower(), value) for name, value in (headers or {}).items()]
         if isinstance(body, bytes):
