@@ -23,6 +23,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from guest.oci import ID_COUNT, oci_config
+from wire.spec import DEFAULT_LIMITS
+
 INIT_SCRIPT = Path(__file__).with_name("init.sh")
 KERNEL_META = "linux-image-cloud-amd64"  # depends on the current linux-image-<version>-cloud-amd64
 # What the init needs beyond the kernel's built-ins; dependencies (virtio, virtio_ring, ...) are added.
@@ -32,6 +35,9 @@ DIRECTORIES = ("bin", "dev", "etc", "lib/modules", "mnt/image", "newroot", "proc
 BUILD_FORMAT = 2  # bump when the layout of a build changes
 SIGNATURE_MAGIC = b"~Module signature appended~\n"  # the kernel's MODULE_SIG_STRING
 SIGNATURE_INFO_BYTES = 12  # struct module_signature, before the magic; its last field is the length
+
+
+WARMUP_BUNDLE = "/etc/pe-warmup"  # a pool guest runs this container once before it waits (init.sh)
 
 
 class GuestBuildError(Exception):
@@ -81,7 +87,25 @@ def inputs() -> dict:
         "packages": {package: _installed_version(package) for package in PROGRAMS},
         "init": hashlib.sha256(INIT_SCRIPT.read_bytes()).hexdigest(),
         "modules": MODULES,
+        "warmup": hashlib.sha256(json.dumps(warmup_config(), sort_keys=True).encode()).hexdigest(),
     }
+
+
+def warmup_config() -> dict:
+    """A container like a job's (namespaces, mounts, seccomp, tini) in an empty root on the guest's
+    /run, outside the job's cgroup: running it once before a pool guest waits takes the first
+    container's one-off costs in the guest kernel and crun out of the job's time. Its program does
+    not exist: everything up to tini's exec runs, then it fails."""
+    return oci_config(
+        root="/run/warm/root",
+        argv=["/bin/true"],
+        env=[],
+        limits=DEFAULT_LIMITS,
+        work_source="/run/warm/work",
+        id_base=ID_COUNT,
+        init_source="/bin/tini-static",
+        cgroups_path="/warm",
+    )
 
 
 def guest_key(described: dict) -> str:
@@ -186,6 +210,8 @@ def make_root(root: Path, modules: list[Path]) -> None:
     for module in modules:
         (root / "lib/modules" / module.name).write_bytes(unsigned_module(module.read_bytes()))
     (root / "etc/pe-modules").write_text("".join(f"{m.name}\n" for m in modules))
+    (root / WARMUP_BUNDLE.lstrip("/")).mkdir(parents=True)
+    (root / WARMUP_BUNDLE.lstrip("/") / "config.json").write_text(json.dumps(warmup_config()))
     shutil.copy(INIT_SCRIPT, root / "init")
     (root / "init").chmod(0o755)
 

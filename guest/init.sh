@@ -55,6 +55,8 @@ mkfifo /run/stdout.fifo /run/stderr.fifo
 # A warm pool's guest (pe.wait) waits here for its job: the host writes the input device, then
 # sends a line on the console. The kernel may have cached the device's first blocks: drop them.
 if grep -qw pe.wait /proc/cmdline; then
+  mkdir -p /run/warm/root /run/warm/work
+  crun run --bundle /etc/pe-warmup warmup > /dev/null 2>&1  # guest/build.py warmup_config
   echo "pe-init: ready"
   read -r -t 600 _ || poweroff -f  # worker/vm.py POOL_WAIT_S: a guest nobody took goes away
   blockdev --flushbufs /dev/pe-input
