@@ -160,7 +160,7 @@ def test_a_gist_without_pe_toml_gets_the_image_of_its_files(browser, site, upstr
         ("malformed", 'This gist link is malformed: "NOT-A-GIST!" should be #gist=<id>'),
         ("bad-toml", "has a pe.toml this service cannot use: pe.toml: options.std: 'c42' is not one of"),
         ("missing", "was not found: it may be secret, deleted, or the link mistyped."),
-        ("rate-limited", "GitHub is rate limiting this service; try again in 1"),
+        ("rate-limited", "the gist API (GitHub) is rate limiting this service; try again in 1"),
     ],
 )
 def test_a_gist_that_cannot_be_opened_says_why_and_the_page_works(
