@@ -8,7 +8,8 @@ Three sides, alternating in rounds so the shared machine's load falls on all ali
 - pool: the same run given to a pooled guest that has booted and waits (the pool is filled and the
   guest ready before the clock starts), so it times what a run costs when the pool keeps up.
 
-Also printed: boot-to-ready of the pooled guests (QEMU start to "pe-init: ready").
+Also printed: boot-to-ready of the pooled guests (QEMU start to "pe-init: ready"), and the ratios
+taken within each round (median, min, max), which the shared machine's load moves less.
 """
 
 from __future__ import annotations
@@ -127,4 +128,11 @@ def bench_vm(args: argparse.Namespace) -> int:
         )
     cold, bare, pool = medians["cold"], medians["bare"], medians["pool"]
     print(f"cold/bare {cold / bare:.2f}; cold/pool {cold / pool:.2f}; pool/bare {pool / bare:.2f}")
+    # Each round's sides ran back to back, under much the same load: their ratios spread less.
+    for name, top, bottom in (("cold/bare", "cold", "bare"), ("cold/pool", "cold", "pool")):
+        ratios = [a / b for a, b in zip(times[top], times[bottom], strict=True)]
+        print(
+            f"per-round {name}: median {statistics.median(ratios):.2f}, "
+            f"min {min(ratios):.2f}, max {max(ratios):.2f}"
+        )
     return 0
