@@ -5,11 +5,18 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
 
 RUNNER_KINDS = ("sandbox", "vm")
+# A CSP source for frame_ancestors (api/sitepolicy.py), strictly enough that no value can end the
+# directive or add another: 'self', 'none', *, a scheme (https:), or a host with an optional scheme,
+# `*.` wildcard and port.
+FRAME_SOURCE = re.compile(
+    r"'self'|'none'|\*|[a-z][a-z0-9+.-]*:|([a-z][a-z0-9+.-]*://)?(\*\.)?[A-Za-z0-9.-]+(:(\d+|\*))?"
+)
 
 
 def _default_cache_dir() -> Path:
@@ -103,9 +110,12 @@ class Settings:
             raise ValueError("PE_VM_ACCEL: expected 'auto', 'kvm' or 'tcg'")
         if self.forwarded_header not in ("x-forwarded-for", "forwarded"):
             raise ValueError("PE_FORWARDED_HEADER: expected 'x-forwarded-for' or 'forwarded'")
-        from api.sitepolicy import frame_ancestors  # raises a ValueError naming a malformed source
-
-        frame_ancestors(self.frame_ancestors)
+        for source in self.frame_ancestors:
+            if not FRAME_SOURCE.fullmatch(source):
+                raise ValueError(
+                    f"PE_FRAME_ANCESTORS: {source!r} is not a frame-ancestors source "
+                    "(e.g. *, 'self', https:, https://docs.example.org, https://*.example.org)"
+                )
         for bucket in ("requests", "runs", "fresh"):
             if getattr(self, f"rate_{bucket}_per_s") < 0 or getattr(self, f"rate_{bucket}_burst") < 1:
                 raise ValueError(f"PE_RATE_{bucket.upper()}_PER_S must be >= 0 (0: off), _BURST >= 1")

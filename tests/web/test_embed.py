@@ -16,6 +16,7 @@ import pytest
 
 from api.sitepolicy import frame_ancestors
 from pe.child import NO_RATE_LIMITS, ServeProcess, start_serve
+from pe.settings import Settings
 from tests.web.test_playground import browser, open_playground, pytestmark, screenshot  # noqa: F401
 
 # The host page's side of the postMessage API: every message from the iframe is kept, and the
@@ -264,12 +265,12 @@ def test_only_the_embed_page_may_be_framed_by_another_site(browser, edge: ServeP
 
 def test_frame_ancestors_values_are_checked() -> None:
     assert frame_ancestors(()) == b"frame-ancestors 'none'"
-    assert frame_ancestors(("https://*.example.org:8443", "'self'")) == (
-        b"frame-ancestors https://*.example.org:8443 'self'"
-    )
+    sources = ("https://*.example.org:8443", "'self'")
+    assert Settings(frame_ancestors=sources).frame_ancestors == sources
+    assert frame_ancestors(sources) == b"frame-ancestors https://*.example.org:8443 'self'"
     for bad in ("https://a.org; script-src *", "a b", "'unsafe-inline'", json.dumps("x")):
         with pytest.raises(ValueError, match="PE_FRAME_ANCESTORS"):
-            frame_ancestors((bad,))
+            Settings(frame_ancestors=(bad,))
 
 
 def test_the_embedding_docs_page_runs_both_live_examples(browser, edge: ServeProcess, tmp_path: Path) -> None:  # noqa: F811
