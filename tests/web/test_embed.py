@@ -144,6 +144,9 @@ def test_embed_options_readonly_dark_autorun_and_panes(browser, edge: ServeProce
     assert page.locator(".cm-content").get_attribute("contenteditable") == "false"
     background = page.evaluate("getComputedStyle(document.body).backgroundColor")
     assert background == "rgb(22, 23, 26)"  # the dark --bg, whatever the system's scheme
+    page.set_viewport_size({"width": 390, "height": 600})  # an iframe in a phone's column
+    screenshot(page, tmp_path, "embed-phone-dark")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
     page.goto(f"{edge.url}/embed/?image=graphviz&example=0&panes=output&theme=light")
     page.wait_for_selector("body[data-ready=true]")
     assert page.locator("#files-pane").is_hidden() and page.locator("#output-pane").is_visible()
