@@ -110,6 +110,8 @@ class Connection:
     async def send(self, headers: list[tuple[str, str]], body: Iterable[bytes] | None) -> _Stream:
         """Open a stream with the request (`headers`, pseudo-headers first; None: no body); returns
         once its body is written (the answer comes later)."""
+        if self.failed is not None:  # failed since it was chosen (while connecting)
+            raise self.failed
         stream = _Stream(self.h2.get_next_available_stream_id())
         self.streams[stream.id] = stream
         try:
