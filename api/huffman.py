@@ -1,10 +1,10 @@
 """HPACK's Huffman decoding a byte at a time, for the header values clients send compressed.
 
 The hpack library decodes Huffman strings with a state machine that takes a nibble a step (its
-`huffman_table.HUFFMAN_TABLE`: 256 states x 16 nibbles), two steps per byte in pure Python. Clients
-send `:path` as a Huffman string on every request: nghttp2 (curl, h2load) and browsers never add it to
-HPACK's dynamic table. So every `GET /api/v1/runs/<id>` spent ~22 µs, about a tenth of its whole cost
-at the edge, decoding its 77-character path (docs/performance.md, "HTTP/2 connections at the edge").
+`huffman_table.HUFFMAN_TABLE`: 256 states x 16 nibbles), two steps per byte in pure Python. nghttp2
+(curl, h2load) never adds `:path` to HPACK's dynamic table, so it comes as a Huffman string on every
+request: every `GET /api/v1/runs/<id>` spent 11-22 µs, up to a tenth of its whole cost at the edge,
+decoding its 77-character path (docs/performance.md, "HTTP/2 connections at the edge").
 
 Here the same state machine is composed with itself once, at import: from each state, a whole byte
 leads to one next state and emits zero, one or two symbols. Decoding is then one table step per byte,
