@@ -25,12 +25,11 @@ REPO = Path(__file__).resolve().parents[2]
 RUNNER = REPO / "tests" / "pyodide" / "run_pytest.mjs"
 # Pure-Python distributions copied from this virtualenv; hypothesis has a compiled part (Rust), so its
 # own wheel for Pyodide's ABI, of the version installed here, is downloaded once into the cache.
-# starlette: pe/settings.py checks frame_ancestors with api/sitepolicy.py, which imports starlette.types.
-DISTRIBUTIONS = ["pytest", "pluggy", "iniconfig", "packaging", "pygments", "sortedcontainers", "starlette"]
+DISTRIBUTIONS = ["pytest", "pluggy", "iniconfig", "packaging", "pygments", "sortedcontainers"]
 COMPILED = ["hypothesis"]
 # What the wire tests import from the project, beside wire/ itself (test_wire_erofs.py's store lookup).
-SOURCES = ["wire", "catalog", "pe/__init__.py", "pe/settings.py", "api/__init__.py", "api/sitepolicy.py"]
-SOURCES += ["pyproject.toml", "tests/wire", "tests/pyodide"]
+SOURCES = ["wire", "catalog", "pe/__init__.py", "pe/settings.py", "pyproject.toml", "tests/wire"]
+SOURCES += ["tests/pyodide"]
 GUEST_REPO = "/work/repo"
 GUEST_DEPS = "/work/deps"
 
