@@ -13,9 +13,11 @@ from pathlib import Path
 import pytest
 
 from pe.settings import Settings
-from tests.web.test_playground import browser, open_playground, pytestmark, screenshot  # noqa: F401
+from tests.support.browser import BROWSER_MARKS, open_playground, screenshot
 from tests.web.test_pyodide import run_hello, wait_for_pyodide
 from web.site import build_site
+
+pytestmark = BROWSER_MARKS
 
 
 class StaticFiles(http.server.SimpleHTTPRequestHandler):
@@ -40,7 +42,7 @@ def static_site(tmp_path_factory: pytest.TempPathFactory, edge) -> Iterator[str]
 
 
 def test_a_site_on_another_origin_runs_and_parses_with_pyodide(
-    browser,  # noqa: F811
+    browser,
     static_site: str,
     edge,
     tmp_path: Path,

@@ -8,7 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from pe.child import ServeProcess
-from tests.web.test_playground import browser, open_playground, pytestmark, screenshot  # noqa: F401
+from tests.support.browser import BROWSER_MARKS, open_playground, screenshot
+
+pytestmark = BROWSER_MARKS
 
 # Each visible control's accessible name, by the rules the page relies on (label, aria-label,
 # aria-labelledby, a button's text, a summary's text).
@@ -44,7 +46,7 @@ def tab_until(page, target: str, limit: int = 40) -> list[str]:
     raise AssertionError(f"{target} not reached by Tab; focus went through {passed}")
 
 
-def test_every_control_has_a_name(browser, edge: ServeProcess) -> None:  # noqa: F811
+def test_every_control_has_a_name(browser, edge: ServeProcess) -> None:
     page = open_playground(browser, f"{edge.url}/#image=gcc&example=0")
     page.locator("#advanced summary").click()  # the argv, env, stdin and limit fields too
     visible = page.evaluate(
@@ -55,7 +57,7 @@ def test_every_control_has_a_name(browser, edge: ServeProcess) -> None:  # noqa:
     page.close()
 
 
-def test_a_program_is_edited_and_run_from_the_keyboard(browser, edge: ServeProcess, tmp_path: Path) -> None:  # noqa: F811
+def test_a_program_is_edited_and_run_from_the_keyboard(browser, edge: ServeProcess, tmp_path: Path) -> None:
     page = open_playground(browser, f"{edge.url}/#image=python3&example=0")
     page.evaluate("document.activeElement.blur()")
     tab_until(page, "File contents")  # the CodeMirror editor's content
@@ -75,7 +77,7 @@ def test_a_program_is_edited_and_run_from_the_keyboard(browser, edge: ServeProce
     page.close()
 
 
-def test_files_are_added_renamed_dropped_and_deleted(browser, edge: ServeProcess, tmp_path: Path) -> None:  # noqa: F811
+def test_files_are_added_renamed_dropped_and_deleted(browser, edge: ServeProcess, tmp_path: Path) -> None:
     page = open_playground(browser, f"{edge.url}/#image=python3&example=0")
     answers = iter(["data/notes.txt", "data/ünï.txt"])  # the names typed into the prompts
     page.on("dialog", lambda dialog: dialog.accept(next(answers, "")))

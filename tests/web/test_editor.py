@@ -13,8 +13,10 @@ from pathlib import Path
 import httpx
 
 from pe.child import NO_RATE_LIMITS, ServeProcess, start_serve
-from tests.web.test_playground import browser, open_playground, pytestmark, screenshot, site  # noqa: F401
+from tests.support.browser import BROWSER_MARKS, open_playground, screenshot
 from web.compress import precompress
+
+pytestmark = BROWSER_MARKS
 
 
 def python_run(page, program: str) -> None:
@@ -25,7 +27,7 @@ def python_run(page, program: str) -> None:
     page.get_by_label("argv").fill("")
 
 
-def test_the_stream_limit_input_cuts_stdout(browser, site: ServeProcess, tmp_path: Path) -> None:  # noqa: F811
+def test_the_stream_limit_input_cuts_stdout(browser, site: ServeProcess, tmp_path: Path) -> None:
     page = open_playground(browser, f"{site.url}/#image=python3")
     python_run(page, "print('x' * 100_000)\n")
     stream_limit = page.get_by_label("stdout, stderr each (KiB)")
@@ -55,7 +57,7 @@ def queue_depth(served: ServeProcess) -> int:
     return int(float(line.split()[1]))
 
 
-def test_a_full_queue_shows_busy(browser, tmp_path: Path) -> None:  # noqa: F811
+def test_a_full_queue_shows_busy(browser, tmp_path: Path) -> None:
     """One slot and room for one waiting job: a slow job runs, a second waits, the page's run is the third."""
     served = start_serve(tmp_path / "serve.log", *NO_RATE_LIMITS, "--slots", "1", "--queue-size", "1")
     slow = {"image": "python3", "argv": ["python3", "-c", "import time; time.sleep(20)"], "cache": False}
@@ -85,7 +87,7 @@ def test_a_full_queue_shows_busy(browser, tmp_path: Path) -> None:  # noqa: F811
         served.stop()
 
 
-def test_big_assets_are_served_gzipped(site: ServeProcess) -> None:  # noqa: F811
+def test_big_assets_are_served_gzipped(site: ServeProcess) -> None:
     """Pyodide's wasm, the largest download of the first page: 9.6 MB, about 3.5 MB gzipped."""
     url = f"{site.url}/assets/pyodide/pyodide.asm.wasm"
     with httpx.stream("GET", url, headers={"accept-encoding": "gzip"}) as packed:

@@ -17,7 +17,9 @@ import pytest
 from api.sitepolicy import frame_ancestors
 from pe.child import NO_RATE_LIMITS, ServeProcess, start_serve
 from pe.settings import Settings
-from tests.web.test_playground import browser, open_playground, pytestmark, screenshot  # noqa: F401
+from tests.support.browser import BROWSER_MARKS, open_playground, screenshot
+
+pytestmark = BROWSER_MARKS
 
 # The host page's side of the postMessage API: every message from the iframe is kept, and the
 # iframe is sized to the height it reports (as docs/embedding.md tells hosts to do).
@@ -65,7 +67,7 @@ def wait_for_message(page, kind: str, timeout: float = 20_000) -> dict:
 
 
 def test_a_host_on_another_origin_drives_the_iframe(
-    browser,  # noqa: F811
+    browser,
     edge: ServeProcess,
     host,
     tmp_path: Path,
@@ -111,7 +113,7 @@ def test_a_host_on_another_origin_drives_the_iframe(
     page.close()
 
 
-def test_messages_from_another_origin_are_ignored(browser, edge: ServeProcess, host) -> None:  # noqa: F811
+def test_messages_from_another_origin_are_ignored(browser, edge: ServeProcess, host) -> None:
     """The same host page reached as localhost: not the origin the iframe was told (127.0.0.1), so its
     setFiles and run are ignored, and nothing is posted to it. An iframe given a malformed origin says so."""
     origin, folder = host
@@ -136,7 +138,7 @@ def test_messages_from_another_origin_are_ignored(browser, edge: ServeProcess, h
     page.close()
 
 
-def test_embed_options_readonly_dark_autorun_and_panes(browser, edge: ServeProcess, tmp_path: Path) -> None:  # noqa: F811
+def test_embed_options_readonly_dark_autorun_and_panes(browser, edge: ServeProcess, tmp_path: Path) -> None:
     page = open_playground(browser, f"{edge.url}/embed/?image=python3&example=0&readonly&theme=dark&autorun")
     page.locator("[data-stream=stdout] pre").wait_for(timeout=20_000)
     screenshot(page, tmp_path, "embed-readonly-dark-autorun")
@@ -155,7 +157,7 @@ def test_embed_options_readonly_dark_autorun_and_panes(browser, edge: ServeProce
 
 
 def test_the_playground_embed_button_gives_a_snippet_for_the_current_program(
-    browser,  # noqa: F811
+    browser,
     edge: ServeProcess,
     host,
     tmp_path: Path,
@@ -191,7 +193,7 @@ SNIPPETS = """<h1>Docs with snippets</h1>
 <script src="{api}/assets/embed.js"></script>"""
 
 
-def test_embed_js_makes_pre_blocks_runnable(browser, edge: ServeProcess, host, tmp_path: Path) -> None:  # noqa: F811
+def test_embed_js_makes_pre_blocks_runnable(browser, edge: ServeProcess, host, tmp_path: Path) -> None:
     origin, folder = host
     page = browser.new_page()
     page.goto(f"{origin}/{host_page(folder, 'snippets.html', SNIPPETS.format(api=edge.url))}")
@@ -209,7 +211,7 @@ def test_embed_js_makes_pre_blocks_runnable(browser, edge: ServeProcess, host, t
     page.close()
 
 
-def test_embed_js_shows_the_fallback_while_the_service_is_down(browser, host, tmp_path: Path) -> None:  # noqa: F811
+def test_embed_js_shows_the_fallback_while_the_service_is_down(browser, host, tmp_path: Path) -> None:
     """An edge of its own, stopped after the page loaded embed.js from it; its frame-ancestors are
     configured, and another site may not frame its /embed/."""
     origin, folder = host
@@ -242,7 +244,7 @@ def test_embed_js_shows_the_fallback_while_the_service_is_down(browser, host, tm
     page.close()
 
 
-def test_only_the_embed_page_may_be_framed_by_another_site(browser, edge: ServeProcess, host) -> None:  # noqa: F811
+def test_only_the_embed_page_may_be_framed_by_another_site(browser, edge: ServeProcess, host) -> None:
     for path, policy in [
         ("/", "'self'"),
         ("/index.html", "'self'"),
@@ -276,7 +278,7 @@ def test_frame_ancestors_values_are_checked() -> None:
             Settings(frame_ancestors=(bad,))
 
 
-def test_the_embedding_docs_page_runs_both_live_examples(browser, edge: ServeProcess, tmp_path: Path) -> None:  # noqa: F811
+def test_the_embedding_docs_page_runs_both_live_examples(browser, edge: ServeProcess, tmp_path: Path) -> None:
     page = browser.new_page()
     page.goto(f"{edge.url}/index.html")
     page.get_by_role("link", name="Embed").click()

@@ -21,8 +21,10 @@ from api.gists import check_config
 from catalog.entry import load_catalog
 from pe.child import NO_RATE_LIMITS, ServeProcess, start_serve
 from tests.api.test_gists import FakeGists
-from tests.web.test_playground import browser, open_playground, pytestmark, screenshot  # noqa: F401
+from tests.support.browser import BROWSER_MARKS, open_playground, screenshot
 from web.assets import WEB
+
+pytestmark = BROWSER_MARKS
 
 GIST_JS = WEB / "editor" / "gist.js"
 
@@ -115,7 +117,7 @@ def status(page) -> str:
 
 
 def test_a_gist_link_with_and_without_a_revision_fills_the_playground(
-    browser,  # noqa: F811
+    browser,
     site,
     upstream,
     tmp_path,
@@ -145,7 +147,7 @@ def test_a_gist_link_with_and_without_a_revision_fills_the_playground(
     pinned.close()
 
 
-def test_a_gist_without_pe_toml_gets_the_image_of_its_files(browser, site, upstream) -> None:  # noqa: F811
+def test_a_gist_without_pe_toml_gets_the_image_of_its_files(browser, site, upstream) -> None:
     gid = new_gist_id()
     upstream.add(gid, {"hello.py": "print('hi')\n"})
     page = open_playground(browser, f"{site.url}/#gist={gid}")
@@ -164,7 +166,7 @@ def test_a_gist_without_pe_toml_gets_the_image_of_its_files(browser, site, upstr
     ],
 )
 def test_a_gist_that_cannot_be_opened_says_why_and_the_page_works(
-    browser,  # noqa: F811
+    browser,
     site,
     upstream,
     tmp_path,
@@ -192,7 +194,7 @@ def test_a_gist_that_cannot_be_opened_says_why_and_the_page_works(
 
 
 def test_export_round_trips_through_the_edge_validator_and_a_new_gist(
-    browser,  # noqa: F811
+    browser,
     site,
     upstream,
     tmp_path,

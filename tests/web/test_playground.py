@@ -4,61 +4,12 @@ Each test saves a screenshot under its tmp dir and copies it to /tmp/pe-screens/
 
 from __future__ import annotations
 
-import os
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 from pe.child import NO_RATE_LIMITS, ServeProcess, start_serve
+from tests.support.browser import BROWSER_MARKS, open_playground, screenshot
 
-CHROMIUM = Path("/usr/bin/chromium")
-SCREENS = Path("/tmp/pe-screens")
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]  # fmt: skip
-
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.sandbox,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed"),
-    pytest.mark.skipif(os.geteuid() != 0, reason="the sandbox runner needs root (crun, mounts)"),
-]
-sync_api = pytest.importorskip("playwright.sync_api")
-
-
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
-    profile = tmp_path_factory.mktemp("chromium-profile")
-    with sync_api.sync_playwright() as playwright:
-        context = playwright.chromium.launch_persistent_context(
-            str(profile), executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
-        )
-        yield context
-        context.close()
-
-
-@pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
-    served = start_serve(tmp_path_factory.mktemp("serve") / "serve.log", *NO_RATE_LIMITS)
-    yield served
-    served.stop()
-
-
-def screenshot(page, tmp_path: Path, name: str) -> None:
-    path = tmp_path / f"{name}.png"
-    page.screenshot(path=path, full_page=True)
-    SCREENS.mkdir(exist_ok=True)
-    shutil.copy(path, SCREENS / path.name)
-
-
-def open_playground(browser, url: str):
-    page = browser.new_page()
-    page.goto(url)
-    page.wait_for_selector("body[data-ready=true]")
-    return page
+pytestmark = BROWSER_MARKS
 
 
 def test_python_hello_world_prints_its_output(browser, site: ServeProcess, tmp_path: Path) -> None:

@@ -14,19 +14,15 @@ import zipfile
 from pathlib import Path
 
 import httpx
-import pytest
 
 from pe.child import ServeProcess
-from tests.web.test_playground import browser, open_playground, pytestmark, screenshot  # noqa: F401
+from tests.support.browser import BROWSER_MARKS, open_playground, screenshot
 from web.assets import WIRE
 from web.site import site_key
 
+pytestmark = BROWSER_MARKS
+
 PYODIDE_READY_S = 60  # a cold start compiles 9.6 MB of WebAssembly on a busy 2-core machine
-
-
-@pytest.fixture
-def site(edge: ServeProcess) -> ServeProcess:
-    return edge  # the suite's shared `pe serve` (tests/conftest.py) serves the site too
 
 
 def wait_for_pyodide(page, state: str = "ready") -> None:
@@ -45,7 +41,7 @@ def run_hello(page, text: str) -> str:
     return stdout.inner_text().strip()
 
 
-def test_hello_world_is_parsed_from_cpio_by_pyodide(browser, site: ServeProcess, tmp_path: Path) -> None:  # noqa: F811
+def test_hello_world_is_parsed_from_cpio_by_pyodide(browser, site: ServeProcess, tmp_path: Path) -> None:
     accepts = []
     page = open_playground(browser, f"{site.url}/#image=python3")
     page.on(
@@ -69,7 +65,7 @@ def test_hello_world_is_parsed_from_cpio_by_pyodide(browser, site: ServeProcess,
     page.close()
 
 
-def test_blocked_pyodide_falls_back_to_json(browser, site: ServeProcess, tmp_path: Path) -> None:  # noqa: F811
+def test_blocked_pyodide_falls_back_to_json(browser, site: ServeProcess, tmp_path: Path) -> None:
     accepts = []
     page = browser.new_page()
     page.route("**/assets/pyodide/**", lambda route: route.abort())
@@ -95,7 +91,7 @@ def test_blocked_pyodide_falls_back_to_json(browser, site: ServeProcess, tmp_pat
 
 
 def test_image_browser_lists_usr_bin_and_opens_a_text_file(
-    browser,  # noqa: F811
+    browser,
     site: ServeProcess,
     tmp_path: Path,
 ) -> None:
@@ -135,7 +131,7 @@ def test_image_browser_lists_usr_bin_and_opens_a_text_file(
     page.close()
 
 
-def test_image_browser_is_usable_by_keyboard(browser, site: ServeProcess, tmp_path: Path) -> None:  # noqa: F811
+def test_image_browser_is_usable_by_keyboard(browser, site: ServeProcess, tmp_path: Path) -> None:
     page = open_playground(browser, f"{site.url}/#image=busybox")
     page.locator("#image-files-panel summary").focus()
     page.keyboard.press("Enter")  # opens the panel: the root is listed

@@ -17,7 +17,10 @@ import httpx
 import pytest
 
 from pe.child import ServeProcess
-from tests.web.test_playground import CHROMIUM, CHROMIUM_ARGS, pytestmark, screenshot, sync_api  # noqa: F401
+from tests.support.browser import BROWSER_MARKS, CHROMIUM, CHROMIUM_ARGS, screenshot
+
+pytestmark = BROWSER_MARKS
+sync_api = pytest.importorskip("playwright.sync_api")
 
 SHARE_JS = Path(__file__).resolve().parents[2] / "web" / "editor" / "share.js"
 
@@ -147,11 +150,6 @@ def chromium() -> Iterator:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
         yield browser
         browser.close()
-
-
-@pytest.fixture
-def site(edge: ServeProcess) -> ServeProcess:
-    return edge  # the suite's shared `pe serve` (tests/conftest.py) serves the site too
 
 
 def fresh_page(chromium, url: str, posts: list[str] | None = None):

@@ -17,8 +17,10 @@ from pathlib import Path
 import pytest
 
 from pe.child import ServeProcess
-from tests.web.test_playground import browser, open_playground, pytestmark, screenshot  # noqa: F401
+from tests.support.browser import BROWSER_MARKS, open_playground, screenshot
 from tests.web.test_pyodide import PYODIDE_READY_S
+
+pytestmark = BROWSER_MARKS
 
 # Writes one output of each kind, and ANSI colours on stdout.
 PROGRAM = r'''
@@ -119,7 +121,7 @@ def painted_pixels(page, locator) -> tuple[int, int]:
 
 
 @pytest.fixture(scope="module")
-def outputs(browser, edge: ServeProcess) -> Iterator:  # noqa: F811
+def outputs(browser, edge: ServeProcess) -> Iterator:
     """The playground after PROGRAM ran, its answer parsed by the Pyodide worker (outputs carry `data`)."""
     page = open_playground(browser, f"{edge.url}/")
     run_python(page, PROGRAM, pyodide=True)
@@ -243,7 +245,7 @@ def test_outputs_fit_a_phone_in_the_dark_theme(outputs, tmp_path: Path) -> None:
         outputs.emulate_media(color_scheme="light")
 
 
-def test_model_without_webgl_falls_back_to_text(browser, edge: ServeProcess, tmp_path: Path) -> None:  # noqa: F811
+def test_model_without_webgl_falls_back_to_text(browser, edge: ServeProcess, tmp_path: Path) -> None:
     page = browser.new_page()
     page.add_init_script(  # a browser without WebGL
         "const get = HTMLCanvasElement.prototype.getContext;"
@@ -262,7 +264,7 @@ def test_model_without_webgl_falls_back_to_text(browser, edge: ServeProcess, tmp
     page.close()
 
 
-def test_openscad_model_is_drawn_on_a_canvas(browser, edge: ServeProcess, tmp_path: Path) -> None:  # noqa: F811
+def test_openscad_model_is_drawn_on_a_canvas(browser, edge: ServeProcess, tmp_path: Path) -> None:
     page = open_playground(browser, f"{edge.url}/#image=openscad&example=0")
     page.get_by_role("button", name="Run").click()
     canvas = page.locator("[data-file='out.stl'] .model[data-rendered=true] canvas")
@@ -292,7 +294,7 @@ def test_openscad_model_is_drawn_on_a_canvas(browser, edge: ServeProcess, tmp_pa
     page.close()
 
 
-def test_large_text_output_keeps_the_page_responsive(browser, edge: ServeProcess, tmp_path: Path) -> None:  # noqa: F811
+def test_large_text_output_keeps_the_page_responsive(browser, edge: ServeProcess, tmp_path: Path) -> None:
     page = open_playground(browser, f"{edge.url}/")
     run_python(page, BIG_PROGRAM)
     view = page.locator("[data-file='big.txt'] [data-viewer=text] .virtual")
