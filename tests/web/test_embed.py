@@ -18,6 +18,7 @@ from api.sitepolicy import frame_ancestors
 from pe.child import NO_RATE_LIMITS, ServeProcess, start_serve
 from pe.settings import Settings
 from tests.support.browser import BROWSER_MARKS, open_playground, screenshot
+from tests.web.test_share import read_link
 
 pytestmark = BROWSER_MARKS
 
@@ -173,6 +174,8 @@ def test_the_playground_embed_button_gives_a_snippet_for_the_current_program(
     screenshot(page, tmp_path, "playground-embed-snippet")
     code = snippet.input_value()
     assert code.startswith(f'<iframe src="{edge.url}/embed/#s1=')
+    state = read_link(code.split("#", 1)[1].split('"', 1)[0])
+    assert state["image"] == "python3" and state["digest"] is None  # follows the image's current version
     page.close()
     # The snippet as is, in another site's page: the same program, and it runs there.
     page = browser.new_page()

@@ -305,7 +305,10 @@ async function start() {
   $("embed-button").addEventListener("click", async () => {
     $("embed-note").textContent = "";
     try {
-      const src = new URL(`embed/#${await encodeState(await shareState())}`, location.href).href;
+      // Unpinned: an embed in another project's docs follows the image's current version instead of
+      // breaking when the image is rebuilt (a share link pins; docs/embedding.md, "Snippet").
+      const state = { ...(await shareState()), digest: null };
+      const src = new URL(`embed/#${await encodeState(state)}`, location.href).href;
       const snippet = `<iframe src="${src}" title="Program Explorer: ${entry().id}" style="width: 100%; height: 24rem; border: 0" loading="lazy"></iframe>`;
       await copyLink(snippet, $("embed-snippet"), $("embed-note"));
     } catch (error) {
