@@ -21,13 +21,15 @@
   `ControlBudget` allows (rapid reset, CVE-2023-44487) gets GOAWAY(ENHANCE_YOUR_CALM) and is closed.
 
 Hypercorn picks its HTTP/2 class from `hypercorn.protocol.H2Protocol`; `install()` points that name
-at this class (and the HTTP/1.1 name at api/h1.py's; hpack's Huffman decoder at api/huffman.py's).
+at this class for the edge's own connections (and the HTTP/1.1 name at api/h1.py's; hpack's Huffman
+decoder at api/huffman.py's). Other Hypercorn servers in the same process keep Hypercorn's classes.
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable
 
 import h2.errors
 import h2.events
@@ -38,6 +40,7 @@ from hypercorn.events import Closed, RawData
 from hypercorn.protocol.events import Event as StreamEvent
 from hypercorn.protocol.events import Response, StreamClosed
 from hypercorn.protocol.h2 import H2Protocol
+from hypercorn.protocol.h11 import H11Protocol
 
 from api import connections, huffman
 from api.h1 import EdgeH11Protocol
@@ -211,6 +214,18 @@ class EdgeH2Protocol(H2Protocol):
 
 
 def install() -> None:
-    hypercorn.protocol.H2Protocol = EdgeH2Protocol  # type: ignore[misc]
-    hypercorn.protocol.H11Protocol = EdgeH11Protocol  # type: ignore[misc]
+    hypercorn.protocol.H2Protocol = _for_edge_connections(EdgeH2Protocol, H2Protocol)  # type: ignore[misc]
+    hypercorn.protocol.H11Protocol = _for_edge_connections(EdgeH11Protocol, H11Protocol)  # type: ignore[misc]
     huffman.install()  # request headers decoded a byte at a time, not a nibble
+
+
+def _for_edge_connections(edge_class: type, plain_class: type) -> Callable[..., object]:
+    """A constructor for Hypercorn that builds `edge_class` for the edge's own connections (those the
+    Listener accepted, which set `connections.current`) and `plain_class` for any other Hypercorn
+    server in the same process (a test's proxy, say): the names are process-wide."""
+
+    def protocol(*args: object, **kwargs: object) -> object:
+        cls = edge_class if connections.current.get(None) is not None else plain_class
+        return cls(*args, **kwargs)
+
+    return protocol
