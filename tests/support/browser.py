@@ -41,3 +41,10 @@ def open_playground(browser, url: str):
     page.goto(url)
     page.wait_for_selector("body[data-ready=true]")
     return page
+
+
+def type_program(page, text: str) -> None:
+    """Replace the open file's text with `text`, typed into CodeMirror as a person would."""
+    page.locator(".cm-content").click()
+    page.keyboard.press("Control+a")
+    page.keyboard.type(text)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pe.child import ServeProcess
-from tests.support.browser import BROWSER_MARKS, open_playground, screenshot
+from tests.support.browser import BROWSER_MARKS, open_playground, screenshot, type_program
 
 pytestmark = BROWSER_MARKS
 
@@ -101,9 +101,7 @@ def test_files_are_added_renamed_dropped_and_deleted(browser, edge: ServeProcess
     page.get_by_role("button", name="Delete").click()  # the confirm is accepted
     page.get_by_role("tab", name="dropped.txt").wait_for(state="detached")
     page.get_by_role("tab", name="main.py").click()
-    page.locator(".cm-content").click()
-    page.keyboard.press("Control+a")
-    page.keyboard.type("import os; print(sorted(os.listdir('data')))\n")
+    type_program(page, "import os; print(sorted(os.listdir('data')))\n")
     page.keyboard.press("Control+Enter")
     stdout = page.locator("[data-stream=stdout] pre")
     stdout.wait_for(timeout=20_000)

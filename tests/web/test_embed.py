@@ -17,7 +17,7 @@ import pytest
 from api.sitepolicy import frame_ancestors
 from pe.child import NO_RATE_LIMITS, ServeProcess, start_serve
 from pe.settings import Settings
-from tests.support.browser import BROWSER_MARKS, open_playground, screenshot
+from tests.support.browser import BROWSER_MARKS, open_playground, screenshot, type_program
 from tests.web.test_share import read_link
 
 pytestmark = BROWSER_MARKS
@@ -165,9 +165,7 @@ def test_the_playground_embed_button_gives_a_snippet_for_the_current_program(
 ) -> None:
     origin, folder = host
     page = open_playground(browser, f"{edge.url}/#image=python3&example=0")
-    page.locator(".cm-content").click()
-    page.keyboard.press("Control+a")
-    page.keyboard.type("print('from the snippet: ĳ ✓')\n")
+    type_program(page, "print('from the snippet: ĳ ✓')\n")
     page.get_by_role("button", name="Embed").click()
     snippet = page.get_by_label("Embed snippet")
     page.wait_for_function("() => document.getElementById('embed-snippet').value.includes('#s1=')")

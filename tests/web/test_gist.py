@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import subprocess
 import time
 import tomllib
 import zipfile
@@ -22,6 +21,7 @@ from catalog.entry import load_catalog
 from pe.child import NO_RATE_LIMITS, ServeProcess, start_serve
 from tests.api.test_gists import FakeGists
 from tests.support.browser import BROWSER_MARKS, open_playground, screenshot
+from tests.support.node import run_module
 from web.assets import WEB
 
 pytestmark = BROWSER_MARKS
@@ -58,16 +58,7 @@ def pe_toml(std: str) -> str:
 
 def node_gist(script: str) -> object:
     """`script`'s `result`, run under Node with `gist` (web/editor/gist.js) imported."""
-    program = f"const gist = await import(process.argv[1]);\nlet result;\n{script}\n"
-    program += "console.log(JSON.stringify(result));"
-    done = subprocess.run(
-        ["node", "--no-warnings", "--input-type=module", "-e", program, GIST_JS.as_uri()],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)
+    return run_module(GIST_JS, "gist", script)
 
 
 def test_pe_toml_is_written_so_that_tomllib_reads_the_same_values() -> None:

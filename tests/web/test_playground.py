@@ -7,16 +7,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from pe.child import NO_RATE_LIMITS, ServeProcess, start_serve
-from tests.support.browser import BROWSER_MARKS, open_playground, screenshot
+from tests.support.browser import BROWSER_MARKS, open_playground, screenshot, type_program
 
 pytestmark = BROWSER_MARKS
 
 
 def test_python_hello_world_prints_its_output(browser, site: ServeProcess, tmp_path: Path) -> None:
     page = open_playground(browser, f"{site.url}/#image=python3&example=0")
-    page.locator(".cm-content").click()
-    page.keyboard.press("Control+a")
-    page.keyboard.type("print('hello from the playground')\n")
+    type_program(page, "print('hello from the playground')\n")
     page.keyboard.press("Control+Enter")
     stdout = page.locator("[data-stream=stdout] pre")
     stdout.wait_for(timeout=20_000)
@@ -109,9 +107,7 @@ def test_catalogue_filters_by_mime_type_and_opens_examples(
 
 def test_timeout_shows_the_limit_that_applied(browser, site: ServeProcess, tmp_path: Path) -> None:
     page = open_playground(browser, f"{site.url}/#image=python3")
-    page.locator(".cm-content").click()
-    page.keyboard.press("Control+a")
-    page.keyboard.type("while True:\npass")
+    type_program(page, "while True:\npass")
     page.locator("#advanced summary").click()
     page.get_by_label("argv").fill("")
     page.get_by_label("Wall time limit (ms)").fill("700")
@@ -128,9 +124,7 @@ def test_an_uploaded_binary_file_reaches_the_program(browser, site: ServeProcess
     data = tmp_path / "data.bin"
     data.write_bytes(bytes([0, 1, 2, 254, 255]))
     page = open_playground(browser, f"{site.url}/#image=python3")
-    page.locator(".cm-content").click()
-    page.keyboard.press("Control+a")
-    page.keyboard.type("print(open('data.bin', 'rb').read().hex())\n")
+    type_program(page, "print(open('data.bin', 'rb').read().hex())\n")
     page.locator("#upload").set_input_files(str(data))
     page.get_by_role("tab", name="data.bin", selected=True).wait_for()
     assert "binary file, 5 bytes" in page.locator(".cm-content").inner_text()

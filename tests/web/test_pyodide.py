@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 
 from pe.child import ServeProcess
-from tests.support.browser import BROWSER_MARKS, open_playground, screenshot
+from tests.support.browser import BROWSER_MARKS, open_playground, screenshot, type_program
 from web.assets import WIRE
 from web.site import site_key
 
@@ -32,9 +32,7 @@ def wait_for_pyodide(page, state: str = "ready") -> None:
 
 
 def run_hello(page, text: str) -> str:
-    page.locator(".cm-content").click()
-    page.keyboard.press("Control+a")
-    page.keyboard.type(f"print({text!r})\n")
+    type_program(page, f"print({text!r})\n")
     page.keyboard.press("Control+Enter")
     stdout = page.locator("[data-stream=stdout] pre")
     stdout.wait_for(timeout=20_000)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import json
-import subprocess
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +17,7 @@ import pytest
 
 from pe.child import ServeProcess
 from tests.support.browser import BROWSER_MARKS, CHROMIUM, CHROMIUM_ARGS, screenshot
+from tests.support.node import run_module
 
 pytestmark = BROWSER_MARKS
 sync_api = pytest.importorskip("playwright.sync_api")
@@ -42,24 +42,14 @@ def read_link(fragment: str) -> dict:
 def node_codec(script: str) -> dict:
     """Run `script` (an async body with `share` imported and `encode`/`decode` helpers that catch the
     error message) under Node; its `result` is returned."""
-    program = f"""
-const share = await import(process.argv[1]);
-const decode = async (fragment) => {{
-  try {{ return {{ state: await share.decodeState(fragment) }}; }}
-  catch (error) {{ return {{ error: `${{error.name}}: ${{error.message}}` }}; }}
-}};
-const result = {{}};
-{script}
-console.log(JSON.stringify(result));
+    helpers = """
+const decode = async (fragment) => {
+  try { return { state: await share.decodeState(fragment) }; }
+  catch (error) { return { error: `${error.name}: ${error.message}` }; }
+};
+result = {};
 """
-    done = subprocess.run(
-        ["node", "--no-warnings", "--input-type=module", "-e", program, SHARE_JS.as_uri()],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)
+    return run_module(SHARE_JS, "share", helpers + script)
 
 
 FULL_STATE = {
