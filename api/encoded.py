@@ -12,39 +12,26 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections import OrderedDict
 
+from api.lru import ByteLru
 from wire.result import RunOutput, output_to_json, pack_output
 
 
 class EncodedOutputs:
     def __init__(self, max_bytes: int) -> None:
-        self.max_bytes = max_bytes
-        self.bytes = 0
-        self._entries: OrderedDict[tuple[str, bool, bool], tuple[RunOutput, bytes]] = OrderedDict()
+        self._entries: ByteLru[tuple[str, bool, bool], tuple[RunOutput, bytes]] = ByteLru(
+            max_bytes, lambda entry: len(entry[1])
+        )
 
     def body(self, output: RunOutput, *, cached: bool, cpio: bool) -> bytes:
         """`output` with `result.cached` set to `cached`, as cpio or as JSON."""
         key = (output.result.id, cached, cpio)
         entry = self._entries.get(key)
         if entry is not None and entry[0] is output:
-            self._entries.move_to_end(key)
             return entry[1]
         body = encode(with_cached_flag(output, cached), cpio=cpio)
-        self._remember(key, output, body)
+        self._entries.put(key, (output, body))
         return body
-
-    def _remember(self, key: tuple[str, bool, bool], output: RunOutput, body: bytes) -> None:
-        if len(body) > self.max_bytes:
-            return
-        old = self._entries.pop(key, None)
-        if old is not None:
-            self.bytes -= len(old[1])
-        self._entries[key] = (output, body)
-        self.bytes += len(body)
-        while self.bytes > self.max_bytes:
-            _, (_, evicted) = self._entries.popitem(last=False)
-            self.bytes -= len(evicted)
 
 
 def with_cached_flag(output: RunOutput, cached: bool) -> RunOutput:

@@ -21,7 +21,6 @@ import json
 import math
 import re
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -33,6 +32,7 @@ from starlette.routing import Route
 from api.app import Edge, counted, etag_matches, request_header
 from api.clients import client_key
 from api.errors import ApiError
+from api.lru import ByteLru
 from api.ratelimit import quota_headers
 from catalog.entry import CatalogEntry
 from catalog.options import OptionError, check_value
@@ -61,30 +61,9 @@ class Cached:
     checked: float  # time.monotonic() when the upstream last confirmed it
 
 
-class GistCache:
+def gist_cache(max_bytes: int = CACHE_BYTES) -> ByteLru[tuple[str, str], Cached]:
     """Answers by (id, rev or ""), least recently used first, at most `max_bytes` of bodies."""
-
-    def __init__(self, max_bytes: int = CACHE_BYTES) -> None:
-        self.max_bytes = max_bytes
-        self.size = 0
-        self._items: OrderedDict[tuple[str, str], Cached] = OrderedDict()
-
-    def get(self, key: tuple[str, str]) -> Cached | None:
-        item = self._items.get(key)
-        if item is not None:
-            self._items.move_to_end(key)
-        return item
-
-    def put(self, key: tuple[str, str], item: Cached) -> None:
-        old = self._items.pop(key, None)
-        self.size -= len(old.body) if old else 0
-        if len(item.body) > self.max_bytes:
-            return
-        self._items[key] = item
-        self.size += len(item.body)
-        while self.size > self.max_bytes:
-            _, evicted = self._items.popitem(last=False)
-            self.size -= len(evicted.body)
+    return ByteLru(max_bytes, lambda item: len(item.body))
 
 
 class GistProxy:
@@ -94,7 +73,7 @@ class GistProxy:
         self.base_url = base_url.rstrip("/")
         self.fresh_s = fresh_s
         self.catalog = catalog
-        self.cache = GistCache()
+        self.cache = gist_cache()
         self.inflight: dict[tuple[str, str], asyncio.Future[Cached]] = {}
         upstream = urlsplit(self.base_url)
         self.raw_origins = {f"{upstream.scheme}://{upstream.netloc}", GITHUB_RAW}
