@@ -48,3 +48,11 @@ def type_program(page, text: str) -> None:
     page.locator(".cm-content").click()
     page.keyboard.press("Control+a")
     page.keyboard.type(text)
+
+
+def run_for_stdout(page) -> str:
+    """Press Ctrl-Enter and wait for the run's stdout; its text, stripped."""
+    page.keyboard.press("Control+Enter")
+    stdout = page.locator("[data-stream=stdout] pre")
+    stdout.wait_for(timeout=20_000)
+    return stdout.inner_text().strip()

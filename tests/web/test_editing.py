@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pe.child import ServeProcess
-from tests.support.browser import BROWSER_MARKS, open_playground, screenshot, type_program
+from tests.support.browser import BROWSER_MARKS, open_playground, run_for_stdout, screenshot, type_program
 
 pytestmark = BROWSER_MARKS
 
@@ -102,9 +102,7 @@ def test_files_are_added_renamed_dropped_and_deleted(browser, edge: ServeProcess
     page.get_by_role("tab", name="dropped.txt").wait_for(state="detached")
     page.get_by_role("tab", name="main.py").click()
     type_program(page, "import os; print(sorted(os.listdir('data')))\n")
-    page.keyboard.press("Control+Enter")
-    stdout = page.locator("[data-stream=stdout] pre")
-    stdout.wait_for(timeout=20_000)
+    stdout = run_for_stdout(page)
     screenshot(page, tmp_path, "files-managed")
-    assert stdout.inner_text().strip() == "['ünï.txt']"
+    assert stdout == "['ünï.txt']"
     page.close()

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pe.child import NO_RATE_LIMITS, ServeProcess, start_serve
-from tests.support.browser import BROWSER_MARKS, open_playground, screenshot, type_program
+from tests.support.browser import BROWSER_MARKS, open_playground, run_for_stdout, screenshot, type_program
 
 pytestmark = BROWSER_MARKS
 
@@ -15,11 +15,9 @@ pytestmark = BROWSER_MARKS
 def test_python_hello_world_prints_its_output(browser, site: ServeProcess, tmp_path: Path) -> None:
     page = open_playground(browser, f"{site.url}/#image=python3&example=0")
     type_program(page, "print('hello from the playground')\n")
-    page.keyboard.press("Control+Enter")
-    stdout = page.locator("[data-stream=stdout] pre")
-    stdout.wait_for(timeout=20_000)
+    stdout = run_for_stdout(page)
     screenshot(page, tmp_path, "python3-hello")
-    assert stdout.inner_text().strip() == "hello from the playground"
+    assert stdout == "hello from the playground"
     assert page.locator("#status").get_attribute("data-state") in ("ok", "cached")
     assert "wall" in page.locator("#stats").inner_text()
     page.keyboard.press("Control+Enter")  # the same run again: answered from the cache
@@ -129,11 +127,9 @@ def test_an_uploaded_binary_file_reaches_the_program(browser, site: ServeProcess
     page.get_by_role("tab", name="data.bin", selected=True).wait_for()
     assert "binary file, 5 bytes" in page.locator(".cm-content").inner_text()
     page.get_by_role("tab", name="main.py").click()
-    page.keyboard.press("Control+Enter")
-    stdout = page.locator("[data-stream=stdout] pre")
-    stdout.wait_for(timeout=20_000)
+    stdout = run_for_stdout(page)
     screenshot(page, tmp_path, "upload-binary")
-    assert stdout.inner_text().strip() == "000102feff"
+    assert stdout == "000102feff"
     page.close()
 
 

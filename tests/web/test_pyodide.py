@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 
 from pe.child import ServeProcess
-from tests.support.browser import BROWSER_MARKS, open_playground, screenshot, type_program
+from tests.support.browser import BROWSER_MARKS, open_playground, run_for_stdout, screenshot, type_program
 from web.assets import WIRE
 from web.site import site_key
 
@@ -33,10 +33,7 @@ def wait_for_pyodide(page, state: str = "ready") -> None:
 
 def run_hello(page, text: str) -> str:
     type_program(page, f"print({text!r})\n")
-    page.keyboard.press("Control+Enter")
-    stdout = page.locator("[data-stream=stdout] pre")
-    stdout.wait_for(timeout=20_000)
-    return stdout.inner_text().strip()
+    return run_for_stdout(page)
 
 
 def test_hello_world_is_parsed_from_cpio_by_pyodide(browser, site: ServeProcess, tmp_path: Path) -> None:
