@@ -384,7 +384,7 @@ def line_index(log: str, message: str) -> int:
 
 
 def test_busy_worker_no_image_and_corrupted_download(tmp_path: Path) -> None:
-    """Worker A (one slot) runs a 4 s job. Worker B, started behind a proxy that corrupts its first
+    """Worker A (one slot) runs a 10 s job. Worker B, started behind a proxy that corrupts its first
     image download, detects the bad download, fetches the image again, and only then gets jobs: the
     quick jobs that arrived meanwhile all run on B, none waits behind A's long job (A prefetches no job
     once its run is older than the prefetch window)."""
@@ -396,7 +396,9 @@ def test_busy_worker_no_image_and_corrupted_download(tmp_path: Path) -> None:
 
         async def main() -> tuple[list[str], str]:
             async with client(edge.url) as http, corrupting_proxy(edge.url) as (proxy_url, proxy):
-                long = asyncio.create_task(run(http, spec(tag, 0, 4)))
+                # Long enough that B's start and its two downloads end well before it, even on a
+                # loaded CI machine (with 4 s, a slow start let A finish and take quick jobs).
+                long = asyncio.create_task(run(http, spec(tag, 0, 10)))
                 await async_wait_until(lambda: leased(slow))
                 await asyncio.sleep(1)  # its run is now older than the prefetch window
                 fast = start_worker(tmp_path, proxy_url, "b", slots=2)
