@@ -403,14 +403,19 @@ def test_busy_worker_no_image_and_corrupted_download(tmp_path: Path) -> None:
                 await asyncio.sleep(1)  # its run is now older than the prefetch window
                 fast = start_worker(tmp_path, proxy_url, "b", slots=2)
                 running.append(fast)
-                quick = [asyncio.create_task(run(http, spec(tag, n, 0.1))) for n in range(1, 7)]
-                answers = await asyncio.gather(*quick)
-                assert not long.done(), "the quick jobs waited for the long one"
-                for n, answer in enumerate(answers, start=1):
-                    assert answer["stdout"]["text"] == f"{tag}-{n}\n"
-                assert (await long)["stdout"]["text"] == f"{tag}-0\n"
-                assert len(proxy.corrupted) == 1
-                assert await asyncio.to_thread(fast.stop) == 0  # before its proxy goes
+                try:
+                    quick = [asyncio.create_task(run(http, spec(tag, n, 0.1))) for n in range(1, 7)]
+                    answers = await asyncio.gather(*quick)
+                    assert not long.done(), "the quick jobs waited for the long one"
+                    for n, answer in enumerate(answers, start=1):
+                        assert answer["stdout"]["text"] == f"{tag}-{n}\n"
+                    assert (await long)["stdout"]["text"] == f"{tag}-0\n"
+                    assert len(proxy.corrupted) == 1
+                finally:
+                    # Before its proxy goes, also on failure: a connection still open makes the
+                    # proxy's shutdown fail, which would hide the real failure.
+                    exit_code = await asyncio.to_thread(fast.stop)
+                assert exit_code == 0
                 return [answer["id"] for answer in answers], answers[0]["image"]["digest"]
 
         quick_ids, digest = asyncio.run(asyncio.wait_for(main(), 40))
