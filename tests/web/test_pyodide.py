@@ -118,6 +118,13 @@ def test_image_browser_lists_usr_bin_and_opens_a_text_file(
     spans = [re.fullmatch(r"bytes=(\d+)-(\d+)", header or "") for header in ranges]
     assert all(spans), ranges
     assert sum(int(span[2]) - int(span[1]) + 1 for span in spans) == fetched
+    # /bin is a symlink to usr/bin: it shows its target and opens like a folder.
+    page.get_by_label("Go to").fill("/bin/py3clean")
+    page.get_by_label("Go to").press("Enter")
+    page.locator("#image-file[data-path='/bin/py3clean']").wait_for(timeout=10_000)
+    bin_row = page.locator("[role=treeitem][data-path='/bin'] > .row-line .name")
+    assert bin_row.inner_text() == "bin → usr/bin"
+    screenshot(page, tmp_path, "image-browser-bin-symlink")
     # At phone width, in the dark theme, the tree and the file fit the screen.
     page.set_viewport_size({"width": 390, "height": 844})
     page.emulate_media(color_scheme="dark")

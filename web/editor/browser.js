@@ -107,7 +107,7 @@ export class ImageBrowser {
 
   item(entry, parent) {
     const path = parent === "" ? "/" : `${parent === "/" ? "" : parent}/${entry.name}`;
-    const label = entry.kind === "link" ? `${entry.name} → ${entry.target}` : entry.name;
+    const label = entry.target === undefined ? entry.name : `${entry.name} → ${entry.target}`;
     const sizeText = entry.kind === "dir" ? "" : size(entry.size);
     const row = element(
       "span", { className: "row-line" },
@@ -199,7 +199,7 @@ export class ImageBrowser {
     for (const name of path.split("/").filter(Boolean)) {
       const next = item.dataset.kind === "dir" ? await this.child(item, name) : null;
       if (!next) {
-        this.say(`No ${path} in this image (symlinked folders are not followed here).`);
+        this.say(`No ${path} in this image.`);
         break;
       }
       item = next;

@@ -10,7 +10,7 @@ import json
 import stat
 from collections.abc import Callable
 
-from wire.erofs import ErofsImage, Inode
+from wire.erofs import ErofsError, ErofsImage, Inode
 from wire.mime import sniff
 from wire.result import unpack_output
 
@@ -44,7 +44,9 @@ class ImageFiles:
         self.image = ErofsImage(lambda offset, length: _bytes(read(offset, length)))
 
     def list(self, path: str) -> str:
-        """JSON: the entries of directory `path`, directories first, each {name, kind, size, mode, target}."""
+        """JSON: the entries of directory `path`, directories first, each {name, kind, size, mode, target}.
+        A symlink to a directory (`/bin` → `usr/bin`) is listed as a "dir" with its target, so that it
+        opens like one; other symlinks are "link"s."""
         entries = []
         for entry in self.image.scandir(path):
             inode = self.image.inode(entry.nid)
@@ -55,10 +57,20 @@ class ImageFiles:
                 "mode": stat.filemode(inode.mode),
             }
             if inode.is_symlink:
-                item["target"] = self.image.readlink(f"{path.rstrip('/')}/{entry.name}")
+                full_path = f"{path.rstrip('/')}/{entry.name}"
+                item["target"] = self.image.readlink(full_path)
+                if self._is_dir(full_path):
+                    item["kind"] = "dir"
             entries.append(item)
         entries.sort(key=lambda item: (item["kind"] != "dir", item["name"]))
         return json.dumps(entries)
+
+    def _is_dir(self, path: str) -> bool:
+        """Whether `path`, symlinks followed, is a directory (False when the link is dangling or loops)."""
+        try:
+            return self.image.stat(path).is_dir
+        except ErofsError:
+            return False
 
     def read(self, path: str, limit: int) -> tuple[str, bytes]:
         """(JSON {path, size, mime, truncated}, the file's first `limit` bytes); symlinks are followed."""
