@@ -69,9 +69,12 @@ def gist_cache(max_bytes: int = CACHE_BYTES) -> ByteLru[tuple[str, str], Cached]
 class GistProxy:
     """Fetches, normalises and caches gists from the upstream at `base_url`."""
 
-    def __init__(self, base_url: str, fresh_s: float, catalog: dict[str, CatalogEntry]) -> None:
+    def __init__(
+        self, base_url: str, fresh_s: float, catalog: dict[str, CatalogEntry], token: str = ""
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.fresh_s = fresh_s
+        self.token = token
         self.catalog = catalog
         self.cache = gist_cache()
         self.inflight: dict[tuple[str, str], asyncio.Future[Cached]] = {}
@@ -94,6 +97,8 @@ class GistProxy:
         """Ask the upstream (conditionally when `cached`), cache and return the answer."""
         path = f"/gists/{gist_id}/{rev}" if rev else f"/gists/{gist_id}"
         headers = {"Accept": "application/vnd.github+json"}
+        if self.token:  # to the API only, never to a raw_url's host
+            headers["Authorization"] = f"Bearer {self.token}"
         if cached is not None and cached.etag:
             headers["If-None-Match"] = cached.etag
         try:
@@ -295,7 +300,7 @@ async def get_gist(request: Request) -> Response:
 
 def gist_proxy(edge: Edge) -> GistProxy:
     settings = edge.settings
-    return GistProxy(settings.gist_api_url, settings.gist_fresh_s, edge.images.catalog)
+    return GistProxy(settings.gist_api_url, settings.gist_fresh_s, edge.images.catalog, settings.gist_token)
 
 
 def gist_routes() -> list[Route]:

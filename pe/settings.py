@@ -40,6 +40,7 @@ class Settings:
     grace_s: float = 20.0
     gist_api_url: str = "https://api.github.com"
     gist_fresh_s: float = 60.0
+    gist_token: str = ""
     cache_dir: Path = field(default_factory=_default_cache_dir)
     slots: int = field(default_factory=lambda: os.cpu_count() or 1)
     max_body_bytes: int = 20 << 20
@@ -138,6 +139,7 @@ FIELD_HELP: dict[str, str] = {
     "grace_s": "seconds a stopping edge (SIGTERM) gives accepted requests to be answered",
     "gist_api_url": "base URL of the GitHub-shaped gist API",
     "gist_fresh_s": "seconds a gist's latest revision is served from the cache before the API is asked again",
+    "gist_token": "bearer token for the gist API (GitHub allows 60 requests an hour without one)",
     "cache_dir": "folder for images, mounts and build caches",
     "slots": "runs executed at once by the in-process worker",
     "max_body_bytes": "largest request body accepted (413 above)",

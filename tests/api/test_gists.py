@@ -24,6 +24,7 @@ from catalog.entry import load_catalog
 from pe.child import NO_RATE_LIMITS, ServeProcess, start_serve
 from wire.petoml import PeTomlError
 
+GIST_TOKEN = "github_pat_test"
 TRUNCATE_AT = 1000  # the fake's API gives a file's first 1000 bytes (GitHub's: 1 MB), the rest by raw_url
 
 
@@ -35,6 +36,7 @@ class FakeGists:
     def __init__(self) -> None:
         self.revisions: dict[str, list[tuple[str, dict[str, bytes]]]] = {}  # id -> newest first
         self.requests: list[tuple[str, str]] = []
+        self.authorizations: dict[str, str] = {}  # path → the Authorization header it was asked with
         self.rate_limited = False
         self.delay_s = 0.0  # how long each answer takes
         self.raw_origin = ""  # where raw_url points ("" : this server)
@@ -43,6 +45,7 @@ class FakeGists:
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 fake.requests.append((self.path, self.headers.get("If-None-Match", "")))
+                fake.authorizations[self.path] = self.headers.get("Authorization", "")
                 time.sleep(fake.delay_s)
                 status, headers, body = fake.answer(self.path, self.headers.get("If-None-Match", ""))
                 self.send_response(status)
@@ -141,10 +144,11 @@ def start_gist_edge(log: Path, upstream: FakeGists, *flags: str) -> ServeProcess
 
 @pytest.fixture(scope="module")
 def edge_url(tmp_path_factory: pytest.TempPathFactory, upstream: FakeGists) -> Iterator[str]:
-    """An edge that asks the upstream again on every request for a latest revision (fresh for 0 s)."""
-    served = start_gist_edge(
-        tmp_path_factory.mktemp("gists") / "serve.log", upstream, "--gist-fresh-s", "0", *NO_RATE_LIMITS
-    )
+    """An edge that asks the upstream again on every request for a latest revision (fresh for 0 s), with
+    a token for the upstream."""
+    log = tmp_path_factory.mktemp("gists") / "serve.log"
+    flags = ("--gist-fresh-s", "0", "--gist-token", GIST_TOKEN, *NO_RATE_LIMITS)
+    served = start_gist_edge(log, upstream, *flags)
     yield served.url
     served.stop()
 
@@ -236,6 +240,9 @@ def test_truncated_and_binary_files_are_fetched_from_raw_url(http, upstream) -> 
     upstream.add(gid, {"big.txt": big, "data.bin": binary, "small.bin": small})
     body = http.get(f"/api/v1/gists/{gid}").json()
     assert body["files"]["big.txt"] == big
+    # The token goes to the API, not to the host of the raw files.
+    assert upstream.authorizations[f"/gists/{gid}"] == f"Bearer {GIST_TOKEN}"
+    assert upstream.authorizations[f"/raw/{gid}/{body['rev']}/big.txt"] == ""
     assert base64.b64decode(body["files"]["small.bin"]["base64"]) == small
     assert base64.b64decode(body["files"]["data.bin"]["base64"]) == binary
 
