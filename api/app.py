@@ -20,6 +20,7 @@ from api.images import ImageResolver
 from api.jobs import Dispatcher
 from api.metrics import Metrics
 from api.ratelimit import BucketStore, MemoryBuckets, RateLimits, raw_quota_headers
+from api.timing import ReceivedAt, server_timing
 from catalog.options import expand_command, option_values
 from pe.settings import Settings
 from wire.result import RunOutput
@@ -169,6 +170,7 @@ async def run(request: Request) -> Response:
         (b"content-location", b"/api/v1/runs/%s" % job.id.encode()),
         *POSTED_RUN_HEADERS,
         *raw_quota_headers(quota),
+        server_timing(request, edge.dispatcher.workers.runner_times, job.id, cached),
     ]
     return output_response(request, edge, output, cached, headers)
 
@@ -285,8 +287,9 @@ def create_app(edge: Edge, lifespan: Lifespan[Starlette] | None = None) -> Starl
         Route("/metrics", metrics, methods=["GET"]),
     ]
     cors = Middleware(Cors, origins=edge.settings.cors_origins)
+    received = Middleware(ReceivedAt)  # outermost: Server-Timing's start (api/timing.py)
     app = Starlette(
-        routes=routes, middleware=[cors], exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan
+        routes=routes, middleware=[received, cors], exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan
     )
     app.state.edge = edge
     app.state.gists = gist_proxy(edge)

@@ -98,7 +98,10 @@ async def in_process_worker(edge: Edge) -> AsyncIterator[None]:
     """A worker with `settings.slots` slots pulling from this edge, until the context ends; then the
     runs in progress finish (and complete) before the runners close."""
     runners = make_runners(edge.settings, edge.images.store)
-    worker = PullWorker(edge.dispatcher, runners, edge.settings.slots)
+    times = edge.dispatcher.workers.runner_times
+    worker = PullWorker(
+        edge.dispatcher, runners, edge.settings.slots, on_ran=lambda lease, ms: times.record(lease.job.id, ms)
+    )
     report = WorkerReport(IN_PROCESS, edge.settings.runners, platform.machine(), slots=edge.settings.slots)
     edge.dispatcher.workers.seen(report, peer=IN_PROCESS)
     task = asyncio.create_task(worker.serve(), name="in-process-worker")

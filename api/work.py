@@ -25,6 +25,7 @@ from api.workers import WorkerReport
 from pe.settings import RUNNER_KINDS
 from wire.result import unpack_output
 from wire.spec import MAX_LIMITS
+from worker.remote import RUNNER_MS_HEADER
 
 log = logging.getLogger("pe.work")
 T = TypeVar("T")
@@ -173,8 +174,21 @@ async def complete(request: Request) -> Response:
         raise ApiError(
             400, "bad_result", f"the archive holds the result of {output.result.id!r}, not {job_id!r}"
         )
+    runner_ms = runner_time(request.headers.get(RUNNER_MS_HEADER, ""))
+    if runner_ms is not None:
+        edge.dispatcher.workers.runner_times.record(job_id, runner_ms)
     accepted = await edge.dispatcher.complete_lease(job_id, token, output)
     return JSONResponse({"accepted": accepted})
+
+
+def runner_time(value: str) -> float | None:
+    """The runner's time an upload reports, in ms; None when absent or not a time (a figure for
+    Server-Timing only: the output is accepted without it)."""
+    try:
+        runner_ms = float(value)
+    except ValueError:
+        return None
+    return runner_ms if 0 <= runner_ms < math.inf else None
 
 
 async def workers(request: Request) -> Response:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from api.errors import ApiError
 from api.state import State
 from api.state.base import RETRY_AFTER_S, Capabilities
+from api.timing import RunnerTimes
 
 log = logging.getLogger("pe.workers")
 
@@ -87,6 +88,7 @@ class WorkerRegistry:
         self._owners: dict[str, str] = {}  # lease token → the worker holding it (leased through this edge)
         self._everywhere: list[dict] = []  # every edge's live entries, as last shared
         self._sharing: asyncio.Task[None] | None = None
+        self.runner_times = RunnerTimes()  # what the workers reported of their runs (Server-Timing)
 
     def seen(self, report: WorkerReport, peer: str) -> None:
         now = time.time()

@@ -19,6 +19,7 @@ import contextlib
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, cast
 
@@ -67,13 +68,21 @@ class PrefetchSource(JobSource, Protocol):
 
 class PullWorker:
     def __init__(
-        self, source: JobSource, runners: dict[str, Runner], slots: int, *, prefetch_window_s: float = 0.0
+        self,
+        source: JobSource,
+        runners: dict[str, Runner],
+        slots: int,
+        *,
+        prefetch_window_s: float = 0.0,
+        on_ran: Callable[[Lease, float], None] = lambda lease, runner_ms: None,
     ) -> None:
-        """`prefetch_window_s` > 0 needs a PrefetchSource."""
+        """`prefetch_window_s` > 0 needs a PrefetchSource. `on_ran` is told each job's time inside its
+        runner's `run`, in milliseconds, before its output is handed back (api/timing.py)."""
         self.source = source
         self.runners = runners
         self.slots = slots
         self.prefetch_window_s = prefetch_window_s
+        self.on_ran = on_ran
         self._prefetcher = cast(PrefetchSource, source) if prefetch_window_s > 0 else None
         # Leased, waiting for a slot (prefetched), each with its heartbeat: the lease is held from now.
         self._waiting: deque[tuple[Lease, asyncio.Task[None]]] = deque()
@@ -182,7 +191,9 @@ class PullWorker:
 
     async def _execute(self, lease: Lease, heartbeat: asyncio.Task[None]) -> None:
         try:
+            started = time.perf_counter()
             output = await self._run(lease.job)
+            self.on_ran(lease, (time.perf_counter() - started) * 1000)
             heartbeat.cancel()
             if not await self.source.complete(lease, output):
                 log.warning(

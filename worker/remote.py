@@ -49,6 +49,7 @@ UPLOAD_TIMEOUT_S = 60.0
 UPLOAD_CHUNK_BYTES = 64 * 1024  # see _chunks
 CPIO = "application/x-cpio"
 JSON = "application/json"
+RUNNER_MS_HEADER = "pe-runner-ms"  # with an upload: the job's time inside the runner's run (api/work.py)
 
 
 class EdgeError(Exception):
@@ -93,6 +94,7 @@ class EdgeSource:
             on_connect=self._up,
         )
         self._expires: dict[str, float] = {}  # lease token → when (monotonic) the lease runs out
+        self._runner_ms: dict[str, str] = {}  # lease token → the runner's time, until its upload
         self._down_since: float | None = None  # when the edge stopped answering
         self._connected = False
 
@@ -165,6 +167,9 @@ class EdgeSource:
         log line says how many attempts there were)."""
         url = f"/api/v1/work/jobs/{lease.job.id}/leases/{lease.token}/complete"
         headers = {"content-type": CPIO}
+        runner_ms = self._runner_ms.pop(lease.token, None)
+        if runner_ms is not None:
+            headers[RUNNER_MS_HEADER] = runner_ms
         attempts = 0
 
         def upload() -> Awaitable[Answer]:
@@ -193,6 +198,10 @@ class EdgeSource:
             },
         )
         return accepted
+
+    def ran(self, lease: Lease, runner_ms: float) -> None:
+        """The PullWorker's `on_ran`: the runner's time goes to the edge with the upload (api/timing.py)."""
+        self._runner_ms[lease.token] = f"{runner_ms:.3f}"
 
     # Images
 
@@ -318,7 +327,7 @@ async def work(settings: Settings, edge_url: str) -> int:
 async def run_worker(source: EdgeSource, runners: dict[str, Runner]) -> int:
     """Serve jobs until SIGTERM or SIGINT, then drain: pull no more, finish the jobs held, upload their
     outputs; 0. 2 when the edge refuses this worker."""
-    worker = PullWorker(source, runners, source.slots, prefetch_window_s=PREFETCH_WINDOW_S)
+    worker = PullWorker(source, runners, source.slots, prefetch_window_s=PREFETCH_WINDOW_S, on_ran=source.ran)
     source.running = lambda: worker.running
     serving = asyncio.create_task(worker.serve(), name="pull-worker")
     loop = asyncio.get_running_loop()

@@ -192,6 +192,31 @@ def test_a_pulled_job_is_extended_completed_and_answered_once(edge: ServeProcess
     run(main())
 
 
+def test_the_runner_time_an_upload_reports_is_in_the_answers_server_timing(edge: ServeProcess) -> None:
+    """Reported with the upload, the runner's time is the client's `runner` figure; an upload whose
+    figure is not a time is still accepted, and its answer has only the edge's."""
+
+    async def main() -> None:
+        async with client(edge.url) as http:
+            worker = Worker(http)
+            await worker.pull()
+            for reported, expected in (("12.5", ", runner;dur=12.500"), ("soon", "")):
+                waiting = await submitted(http, spec())
+                job, token = await worker.pull_job()
+                body = pack_output(made_up(job, "timed"))
+                url = f"/api/v1/work/jobs/{job.id}/leases/{token}/complete"
+                headers = {**CPIO, "pe-runner-ms": reported}
+                completed = await http.post(url, content=body, headers=headers)
+                assert completed.json() == {"accepted": True}
+                answer = await waiting
+                assert answer.json()["stdout"]["text"] == "timed"
+                edge_ms, _, runner = answer.headers["server-timing"].partition(",")
+                assert runner == expected.removeprefix(",")
+                assert float(edge_ms.removeprefix("edge;dur=")) >= 300  # it waited for the worker
+
+    run(main())
+
+
 def test_another_worker_cannot_take_extend_or_complete_a_leased_job(edge: ServeProcess) -> None:
     """A second worker holds the worker token but not the lease: it is not handed the job, and its
     extends and uploads under a guessed lease token change nothing; the client gets the first's output."""

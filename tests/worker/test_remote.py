@@ -65,7 +65,8 @@ def test_a_wrong_token_stops_the_worker(edge: Process, tmp_path: Path) -> None:
 
 def test_pull_fetch_extend_complete(edge: Process, tmp_path: Path) -> None:
     """The worker lacks busybox: told so at once, it fetches it (digest checked), then gets the job;
-    its lease extends; its output reaches the waiting client; the ended lease extends no more."""
+    its lease extends; its output reaches the waiting client, with the runner's time it reported; the
+    ended lease extends no more."""
 
     async def main() -> None:
         worker = source(edge.url, tmp_path)
@@ -76,9 +77,12 @@ def test_pull_fetch_extend_complete(edge: Process, tmp_path: Path) -> None:
                 lease = await asyncio.wait_for(worker.pull(), 20)
                 assert worker.images.held() == [lease.job.image_digest]
                 assert await worker.extend(lease)
+                worker.ran(lease, 42.0)  # the PullWorker's report of the runner's time
                 assert await worker.complete(lease, made_up(error_output(lease.job, ""), "made up\n"))
-                answer = (await asyncio.wait_for(asked, 10)).json()
+                response = await asyncio.wait_for(asked, 10)
+                answer = response.json()
                 assert answer["id"] == lease.job.id and answer["stdout"]["text"] == "made up\n"
+                assert response.headers["server-timing"].endswith(", runner;dur=42.000")
                 assert not await worker.extend(lease)
             finally:
                 await worker.aclose()
