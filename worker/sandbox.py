@@ -1,7 +1,8 @@
 """The `sandbox` runner: each run in crun, on the host, in its own namespaces and cgroup.
 
 Per run: a directory on the runner's tmpfs holding config.json and the /work bind source (owned by
-the slot's host uid), a cgroup with the run's limits, then one process, `[nsenter --mount=NS] crun run`.
+the slot's host uid, in the runner's own uid block: worker/uids.py), a cgroup with the run's limits,
+then one process, `[nsenter --mount=NS] crun run`.
 crun kill and crun delete are spawned only when a run is stopped or crun leaves state behind.
 See docs/sandbox.md for the mechanisms and the measured costs.
 """
@@ -21,19 +22,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from catalog.store import ImageLocation
-from guest.oci import ID_COUNT, oci_config, seccomp_profile
+from guest.oci import oci_config, seccomp_profile
 from wire.result import Result, RunOutput, Status, StreamInfo
 from wire.spec import DEFAULT_LIMITS, MAX_FILES, MAX_INPUT_BYTES, MAX_LIMITS, Limits
 from worker.cgroups import CgroupLayout, CgroupMode, Cgroups, RunCgroup, Usage, detect_layout
 from worker.mounts import RunnerMounts, SetupError, pid_alive, run_command, unmount_under
 from worker.process import Captured, Stop, run_capped
 from worker.runner import ImageLocator, Job, StartOnce, error_output
+from worker.uids import UidBlock, claim_uid_block
 from worker.workdir import Outputs, collect_outputs, write_inputs
 
 log = logging.getLogger("pe.worker.sandbox")
 
 RUN_DIR = Path("/run/pe")  # runtime state: mounts, crun's state, per-run directories
-UID_BASE = 200_000  # slot N's container root is host uid UID_BASE + N * 65536
 INIT = Path("/usr/bin/tini-static")  # Debian's `tini` package
 CLEANUP_DELAY_S = 0.005  # after a run, when its directory and cgroup are removed
 CRUN_LOG_LIMIT = 4096  # bytes of crun's own error log quoted in a result
@@ -47,6 +48,7 @@ class _Started:
     cgroups: Cgroups
     crun: list[str]  # the command up to the crun subcommand
     seccomp: dict
+    uids: UidBlock
 
 
 class SandboxRunner:
@@ -58,7 +60,6 @@ class SandboxRunner:
         slots: int,
         *,
         run_dir: Path = RUN_DIR,
-        uid_base: int = UID_BASE,
         crun: str = "crun",
         init: Path = INIT,
     ) -> None:
@@ -67,7 +68,6 @@ class SandboxRunner:
         self.images = images
         self.state_base = Path(run_dir) / "sandbox"
         self.slots = slots
-        self.uid_base = uid_base
         self.crun = crun
         self.init = init
         self._slots = asyncio.Semaphore(slots)
@@ -95,6 +95,7 @@ class SandboxRunner:
         mounts = RunnerMounts(self.state_base / token)
         cgroups = Cgroups(layout, token)
         hybrid = layout.unified if layout.mode is CgroupMode.HYBRID else None
+        uids = claim_uid_block(self.slots)
         try:
             work_bytes = self.slots * (MAX_LIMITS.memory_mib << 20) + MAX_INPUT_BYTES
             await mounts.setup(work_bytes, unmount_in_ns=hybrid)
@@ -102,17 +103,18 @@ class SandboxRunner:
         except BaseException:
             cgroups.destroy()
             await mounts.teardown()
+            uids.release()
             raise
         log.info(
-            "sandbox runner started: state %s, cgroups %s%s, %d slots",
+            "sandbox runner started: state %s, cgroups %s%s, %d slots, host uids from %d",
             mounts.state,
             layout.mode,
             " (crun in a mount namespace without cgroup2)" if hybrid else "",
             self.slots,
+            uids.base,
         )
-        return _Started(
-            token, mounts, cgroups, [*mounts.prefix, crun, "--root", str(mounts.crun_root)], seccomp_profile()
-        )
+        crun_command = [*mounts.prefix, crun, "--root", str(mounts.crun_root)]
+        return _Started(token, mounts, cgroups, crun_command, seccomp_profile(), uids)
 
     async def close(self) -> None:
         """Kill anything left, unmount the images and the tmpfs, drop the namespace and cgroups."""
@@ -126,6 +128,7 @@ class SandboxRunner:
         await asyncio.gather(*self._cleanups)
         state.cgroups.destroy()
         await state.mounts.teardown()
+        state.uids.release()
 
     async def run(self, job: Job) -> RunOutput:
         try:
@@ -184,7 +187,7 @@ class SandboxRunner:
     async def _run(self, state: _Started, job: Job, slot: int) -> RunOutput:
         limits = job.spec.limits
         name = f"pe-{state.token}-{next(self._runs)}"  # the container id and the cgroup's name
-        uid = self.uid_base + slot * ID_COUNT
+        uid = state.uids.slot_uid(slot)
         root = await state.mounts.image(self._locate(job.image_digest))
         bundle = self._make_bundle(state, name, uid)
         cgroup: RunCgroup | None = None
@@ -253,9 +256,10 @@ class SandboxRunner:
         state = await self._start.get()
         name = f"pe-{state.token}-bench{next(self._runs)}"
         root = await state.mounts.image(self._locate(digest))
-        bundle = self._make_bundle(state, name, self.uid_base)
+        uid = state.uids.slot_uid(0)
+        bundle = self._make_bundle(state, name, uid)
         cgroup = state.cgroups.create(name, limits)
-        return bundle, self._bundle(state, bundle, root, argv, (), limits, self.uid_base, cgroup)
+        return bundle, self._bundle(state, bundle, root, argv, (), limits, uid, cgroup)
 
 
 def _remove(bundle: Path, cgroup: RunCgroup | None) -> None:

@@ -178,3 +178,26 @@ def test_infrastructure_failures_are_error_results(
     missing, broken = asyncio.run(main())
     assert missing.result.status is Status.ERROR and "missing.erofs" in missing.result.message
     assert broken.result.status is Status.ERROR and "no-init" in broken.result.message
+
+
+@pytest.mark.sandbox
+@needs_root
+def test_two_runners_on_one_host_run_programs_as_different_host_uids(
+    run_dir: Path, image: tuple[Path, str]
+) -> None:
+    """Like a `pe serve` and a `pe worker` on one host: each runner claims its own uid block."""
+
+    async def main() -> list[bytes]:
+        images = FixedImages({image[1]: image[0]})
+        runners = [SandboxRunner(images, slots=1, run_dir=run_dir) for _ in range(2)]
+        try:
+            read_map = job(["/bin/busybox", "cat", "/proc/self/uid_map"], image[1])
+            return [(await runner.run(read_map)).stdout for runner in runners]
+        finally:
+            for runner in runners:
+                await runner.close()
+
+    maps = asyncio.run(main())
+    (inside, first, count), (_, second, _) = (uid_map.split() for uid_map in maps)
+    assert inside == b"0" and count == b"65536"
+    assert int(first) >= 200_000 and abs(int(second) - int(first)) >= int(count)
