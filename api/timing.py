@@ -62,3 +62,13 @@ def server_timing(request: Request, times: RunnerTimes, job_id: str, cached: boo
     if runner_ms is not None:
         value += b", runner;dur=%.3f" % runner_ms
     return (b"server-timing", value)
+
+
+def parse_server_timing(value: str) -> dict[str, float]:
+    """The figures of a `Server-Timing` value this module made, for its clients (the bench, tests):
+    `edge;dur=1.5, runner;dur=0.5` as {"edge": 1.5, "runner": 0.5}."""
+    figures = {}
+    for metric in value.split(","):
+        name, _, duration = metric.strip().partition(";dur=")
+        figures[name] = float(duration)
+    return figures

@@ -10,16 +10,11 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from api.timing import RunnerTimes
+from api.timing import RunnerTimes, parse_server_timing
 
 
 def timings(response: httpx.Response) -> dict[str, float]:
-    """`Server-Timing: edge;dur=1.5, runner;dur=0.5` as {"edge": 1.5, "runner": 0.5}."""
-    figures = {}
-    for metric in response.headers["server-timing"].split(","):
-        name, _, duration = metric.strip().partition(";dur=")
-        figures[name] = float(duration)
-    return figures
+    return parse_server_timing(response.headers["server-timing"])
 
 
 @pytest.fixture
