@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
+import json
 from collections.abc import Awaitable, Callable
 
 from starlette.applications import Starlette
@@ -19,7 +22,9 @@ from api.errors import EXCEPTION_HANDLERS, ApiError
 from api.images import ImageResolver
 from api.jobs import Dispatcher
 from api.metrics import Metrics
+from api.prefer import parse_prefer
 from api.ratelimit import BucketStore, MemoryBuckets, RateLimits, raw_quota_headers
+from api.state.base import Progress
 from api.timing import ReceivedAt, server_timing
 from catalog.options import expand_command, option_values
 from pe.settings import Settings
@@ -40,6 +45,10 @@ IMMUTABLE = "public, max-age=31536000, immutable"
 STORED_RUN_HEADERS = [(b"cache-control", IMMUTABLE.encode()), (b"vary", b"Accept")]
 # The answer lives at Content-Location; a POST is not a cache entry.
 POSTED_RUN_HEADERS = [(b"cache-control", b"no-store")]
+# A run in flight (202): its state changes by the second, so no cache keeps it (and it has no ETag).
+PROGRESS_HEADERS = [(b"cache-control", b"no-store"), (b"content-type", JSON.encode())]
+ASYNC_WAIT_MAX_S = 10.0  # POST with `Prefer: respond-async, wait=N`: N is cut to this
+POLL_WAIT_MAX_S = 30.0  # GET of a run in flight with `Prefer: wait=N` (a long poll): N is cut to this
 Headers = list[tuple[bytes, bytes]]
 
 
@@ -164,7 +173,20 @@ async def run(request: Request) -> Response:
         if not spec.cache:
             quota = await edge.rate_limits.charge(client, edge.rate_limits.fresh, quota)
         quota = await edge.rate_limits.charge(client, edge.rate_limits.runs, quota)
-        output, cached = await edge.dispatcher.run(job, use_cache=spec.cache, client=client)
+        prefer = parse_prefer(request.headers.getlist("prefer"))
+        if prefer.respond_async:
+            future = await edge.dispatcher.submit(job, use_cache=spec.cache, client=client)
+            output = await settled(future, prefer.wait(0, ASYNC_WAIT_MAX_S))
+            if output is None:
+                progress = await edge.dispatcher.progress(job.id)
+                if progress is not None:
+                    location = b"/api/v1/runs/%s" % job.id.encode()
+                    headers = [(b"location", location), (b"preference-applied", b"respond-async")]
+                    return progress_response(job.id, progress, headers + raw_quota_headers(quota))
+                output = await edge.dispatcher.outcome(future, job.runner)  # it finished just now
+            cached = False
+        else:
+            output, cached = await edge.dispatcher.run(job, use_cache=spec.cache, client=client)
     headers = [
         (b"etag", b'"%s"' % job.id.encode()),
         (b"content-location", b"/api/v1/runs/%s" % job.id.encode()),
@@ -181,12 +203,34 @@ async def get_run(request: Request) -> Response:
     run_id = request.path_params["run_id"]
     output = await edge.dispatcher.stored(run_id)
     if output is None:
+        progress = await edge.dispatcher.progress(run_id)
+        wait_s = parse_prefer(request.headers.getlist("prefer")).wait(0, POLL_WAIT_MAX_S)
+        if progress is not None and wait_s > 0:
+            progress = await edge.dispatcher.progress(run_id, progress, wait_s)
+        if progress is not None:
+            return progress_response(run_id, progress, raw_quota_headers(quota))
+        output = await edge.dispatcher.stored(run_id)  # it may have finished since the first look
+    if output is None:
         raise ApiError(404, "unknown_run", f"no stored run {run_id!r} (it may have been evicted)")
     etag = f'"{run_id}"'
     headers = [(b"etag", etag.encode()), *STORED_RUN_HEADERS, *raw_quota_headers(quota)]
     if etag_matches(request_header(request, b"if-none-match"), etag):
         return PreparedResponse(304, headers)
     return output_response(request, edge, output, True, headers)
+
+
+async def settled(future: asyncio.Future[RunOutput], wait_s: float) -> RunOutput | None:
+    """The output of `future` if it is there within `wait_s`, else None (the run goes on)."""
+    with contextlib.suppress(TimeoutError):
+        return await asyncio.wait_for(asyncio.shield(future), wait_s)
+    return None
+
+
+def progress_response(run_id: str, progress: Progress, headers: Headers) -> Response:
+    """202: `run_id` is queued or running (docs/api.md, "Asynchronous runs")."""
+    body = json.dumps(progress.to_json(run_id)).encode()
+    headers += [*PROGRESS_HEADERS, (b"content-length", b"%d" % len(body))]
+    return PreparedResponse(202, headers, body)
 
 
 def etag_matches(if_none_match: str, etag: str) -> bool:

@@ -16,10 +16,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 PUBLIC_PREFIX = "/api/v1/"
 PRIVATE_PREFIX = "/api/v1/work/"
 ALLOWED_METHODS = b"GET, POST"
-ALLOWED_HEADERS = b"Accept, Content-Type, If-None-Match, Range"
+ALLOWED_HEADERS = b"Accept, Content-Type, If-None-Match, Prefer, Range"
 # Response headers a page may read besides the CORS-safelisted ones.
 EXPOSED_HEADERS = (
-    b"Content-Location, Content-Range, Accept-Ranges, ETag, Retry-After, "
+    b"Content-Location, Content-Range, Accept-Ranges, ETag, Location, Preference-Applied, Retry-After, "
     b"RateLimit-Limit, RateLimit-Remaining, RateLimit-Reset"
 )
 PREFLIGHT_MAX_AGE = b"600"

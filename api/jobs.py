@@ -15,7 +15,7 @@ import contextlib
 
 from api.metrics import Metrics
 from api.state import DEFAULT_CLIENT, State
-from api.state.base import Offer
+from api.state.base import Offer, Progress
 from api.workers import IN_PROCESS, WorkerRegistry, WorkerReport, no_workers
 from wire.result import RunOutput
 from worker.pull import Lease
@@ -52,15 +52,35 @@ class Dispatcher:
             if cached is not None:
                 self.metrics.cache_hits.inc()
                 return cached, True
+        future = await self.submit(job, use_cache=use_cache, client=client)
+        return await self.outcome(future, job.runner), False
+
+    async def submit(
+        self, job: Job, *, use_cache: bool, client: str = DEFAULT_CLIENT
+    ) -> asyncio.Future[RunOutput]:
+        """Queue `job` (or join its flight) without waiting for it: `run` without the cache lookup and
+        the wait. The same errors."""
         if not self.workers.offers(job.runner):
             raise no_workers(job.runner)
-        future = await self.state.submit(job, client=client, use_cache=use_cache)
+        return await self.state.submit(job, client=client, use_cache=use_cache)
+
+    async def outcome(self, future: asyncio.Future[RunOutput], runner: str) -> RunOutput:
+        """The output `future` (from `submit`) resolves to; 503 `no_workers` when no connected worker
+        runs `runner` any more."""
         while True:
             # A client that goes away must not cancel the run that other clients wait for.
             with contextlib.suppress(TimeoutError):
-                return await asyncio.wait_for(asyncio.shield(future), NO_WORKERS_CHECK_S), False
-            if not self.workers.offers(job.runner):
-                raise no_workers(job.runner)
+                return await asyncio.wait_for(asyncio.shield(future), NO_WORKERS_CHECK_S)
+            if not self.workers.offers(runner):
+                raise no_workers(runner)
+
+    async def progress(self, run_id: str, seen: Progress | None = None, wait_s: float = 0) -> Progress | None:
+        """Whether `run_id` is queued or running (State.progress); with `wait_s`, as soon as that
+        differs from `seen` (a long poll). 503 `no_workers` for a run no connected worker could run."""
+        progress = await self.state.watch(run_id, seen, wait_s)
+        if progress is not None and not self.workers.offers(progress.runner):
+            raise no_workers(progress.runner)
+        return progress
 
     # The in-process worker's JobSource.
 

@@ -37,6 +37,9 @@ MAX_ATTEMPTS = 3
 # the queue; a job further back is found once the jobs ahead of it have gone to workers that can run them.
 SCAN_DEPTH = 16
 SCAN_QUEUES = 64
+# How often a long poll (`State.watch`) looks again when no change made here woke it: a job leased or
+# completed by another edge (Redis) is seen this late at most.
+WATCH_POLL_S = 0.2
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,19 @@ class Offer:
 
     lease: Lease | None
     wanted: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where a job in flight is: "queued" with `position` (jobs that go to a worker before it, as far as
+    the queue's order tells: see `State.progress`), or "running" (leased, `position` None)."""
+
+    state: str
+    position: int | None
+    runner: str
+
+    def to_json(self, job_id: str) -> dict[str, object]:
+        return {"id": job_id, "state": self.state, "position": self.position}
 
 
 def queue_full() -> ApiError:
@@ -105,6 +121,7 @@ class State(ABC):
         self._waiting: dict[str, asyncio.Future[RunOutput]] = {}
         self._enqueues: set[asyncio.Task[None]] = set()
         self._work = asyncio.Event()
+        self._moved = asyncio.Event()  # set (and replaced) when a job here is leased or completed
         self._stopping = False
 
     @abstractmethod
@@ -128,6 +145,34 @@ class State(ABC):
     @abstractmethod
     async def stored(self, run_id: str) -> RunOutput | None:
         """The cached output of `run_id`, now the most recently used; None when not (or no longer) kept."""
+
+    @abstractmethod
+    async def progress(self, job_id: str) -> Progress | None:
+        """Whether `job_id` is queued (and how many jobs go first) or running; None when it is not in
+        flight (done, given up, or never submitted). The position counts the requeued jobs at the front,
+        the job's own client's earlier jobs, and from every other client as many jobs as the round-robin
+        serves before this one (one per turn). It cannot know which workers hold which images, so a
+        job may be passed by jobs that others' workers can run sooner."""
+
+    async def watch(self, job_id: str, seen: Progress | None, wait_s: float) -> Progress | None:
+        """`job_id`'s progress as soon as it differs from `seen` (position, state, or out of flight),
+        or as it is after `wait_s`, or at once once the edge is stopping (`stop_offers`). Wakes on
+        leases and completions made through this state, and looks again every WATCH_POLL_S for those
+        of other edges."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            moved = self._moved
+            now = await self.progress(job_id)
+            remaining = deadline - time.monotonic()
+            if now != seen or remaining <= 0 or self._stopping:
+                return now
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(moved.wait(), min(WATCH_POLL_S, remaining))
+
+    def _note_move(self) -> None:
+        """A job was leased or completed here: wake the watchers."""
+        self._moved.set()
+        self._moved = asyncio.Event()
 
     async def submit(self, job: Job, *, client: str, use_cache: bool) -> asyncio.Future[RunOutput]:
         """The future output of `job`, once the job is in flight: joins its flight when one is queued
@@ -155,6 +200,7 @@ class State(ABC):
         """Join the job's flight or queue it; raise `queue_full()`/`client_queue_full()` when refused."""
 
     def _deliver(self, job_id: str, output: RunOutput) -> None:
+        self._note_move()
         future = self._waiting.pop(job_id, None)
         if future is not None and not future.done():
             future.set_result(output)
@@ -187,6 +233,8 @@ class State(ABC):
                 message = f"given up: {MAX_ATTEMPTS} workers took this run and none finished it in time"
                 await self.complete(lease.job.id, lease.token, error_output(lease.job, message))
                 continue
+            if lease is not None:
+                self._note_move()
             remaining = deadline - time.monotonic()
             stopping = self._stopping and capabilities is not None
             if lease is not None or offer.wanted or remaining <= 0 or stopping:
@@ -197,9 +245,11 @@ class State(ABC):
     def stop_offers(self) -> None:
         """The edge is stopping: remote workers' pulls (with capabilities) are answered now, and from
         now on, once they have looked for a job, so that their connections can close. The in-process
-        worker goes on pulling: it runs the jobs of the requests still being answered."""
+        worker goes on pulling: it runs the jobs of the requests still being answered. Long polls of
+        runs in flight (`watch`) are answered too."""
         self._stopping = True
         self._work.set()
+        self._note_move()
 
     def _announce_work(self) -> None:
         self._work.set()

@@ -176,7 +176,38 @@ return 1
 """
 )
 
-STATE = {"cache_get": CACHE_GET, "submit": SUBMIT, "take": TAKE, "extend": EXTEND, "complete": COMPLETE}
+# ARGV: P, id → false (not in flight) | {'running', runner} | {'queued', runner, position}: the jobs of
+# the front list before it, its client's earlier jobs, and from each other client in turns as many as
+# the round-robin serves first (one per turn; one more for a client whose turn comes before).
+PROGRESS = """
+local P, id = ARGV[1], ARGV[2]
+local job = redis.call('HMGET', P .. 'job:' .. id, 'client', 'runner', 'token')
+local client, runner = job[1], job[2]
+if not client then return false end
+if job[3] then return {'running', runner} end
+local front = redis.call('LPOS', P .. 'front', id)
+if front then return {'queued', runner, front} end
+local mine = redis.call('LPOS', P .. 'q:' .. client, id)
+if not mine then return false end
+local ahead, before = redis.call('LLEN', P .. 'front') + mine, 1
+for _, other in ipairs(redis.call('LRANGE', P .. 'turns', 0, -1)) do
+  if other == client then
+    before = 0
+  else
+    ahead = ahead + math.min(redis.call('LLEN', P .. 'q:' .. other), mine + before)
+  end
+end
+return {'queued', runner, ahead}
+"""
+
+STATE = {
+    "cache_get": CACHE_GET,
+    "submit": SUBMIT,
+    "take": TAKE,
+    "extend": EXTEND,
+    "complete": COMPLETE,
+    "progress": PROGRESS,
+}
 
 # KEYS[1]: the bucket; ARGV: cost, rate (tokens/s), burst. The bucket is the time at which it is full
 # again (api/ratelimit.py); the arithmetic is take_tokens's with "now" as 0, step for step, so that

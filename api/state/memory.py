@@ -15,6 +15,7 @@ from api.state.base import (
     SCAN_QUEUES,
     Capabilities,
     Offer,
+    Progress,
     State,
     client_queue_full,
     queue_full,
@@ -45,6 +46,7 @@ class MemoryState(State):
         )
         self.store = RunStore(cache_bytes)
         self._jobs: dict[str, Job] = {}  # queued or leased
+        self._clients: dict[str, str] = {}  # job id → the client whose sub-queue it was queued in
         self._front: deque[str] = deque()  # jobs whose lease expired: served before any sub-queue
         self._queues: dict[str, deque[str]] = {}  # client → its waiting job ids; present while not empty
         self._turns: deque[str] = deque()  # the clients with waiting jobs, in the order they are served
@@ -77,8 +79,27 @@ class MemoryState(State):
             raise client_queue_full(self.client_queue_size)
         queue.append(job.id)
         self._jobs[job.id] = job
+        self._clients[job.id] = client
         self._depth += 1
         self._announce_work()
+
+    async def progress(self, job_id: str) -> Progress | None:
+        job = self._jobs.get(job_id)
+        if job is None:
+            return None
+        if job_id in self._leases:
+            return Progress("running", None, job.runner)
+        if job_id in self._front:
+            return Progress("queued", self._front.index(job_id), job.runner)
+        client = self._clients[job_id]
+        mine = self._queues[client].index(job_id)
+        turn = self._turns.index(client)
+        others = sum(
+            min(len(self._queues[other]), mine + (index < turn))
+            for index, other in enumerate(self._turns)
+            if other != client
+        )
+        return Progress("queued", len(self._front) + mine + others, job.runner)
 
     async def _take(self, capabilities: Capabilities | None) -> Offer:
         self._requeue_expired()
@@ -140,6 +161,7 @@ class MemoryState(State):
             return False
         del self._leases[job_id]
         del self._jobs[job_id]
+        del self._clients[job_id]
         del self._attempts[job_id]
         self.store.put(job_id, output)
         self._deliver(job_id, output)

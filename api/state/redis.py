@@ -30,6 +30,7 @@ from api.state.base import (
     SCAN_QUEUES,
     Capabilities,
     Offer,
+    Progress,
     State,
     StateUnavailable,
     client_queue_full,
@@ -129,6 +130,14 @@ class RedisState(State):
     async def stored(self, run_id: str) -> RunOutput | None:
         blob = await self._script("cache_get", run_id)
         return None if blob is None else unpack_output(blob)
+
+    async def progress(self, job_id: str) -> Progress | None:
+        reply = await self._script("progress", job_id)
+        if not reply:
+            return None
+        if reply[0] == b"running":
+            return Progress("running", None, reply[1].decode())
+        return Progress("queued", int(reply[2]), reply[1].decode())
 
     async def share_workers(self, mine: dict[str, str], live_s: float) -> dict[str, str]:
         """One hash, `workers`: worker id → its JSON with `last_seen_at`; entries older than `live_s`

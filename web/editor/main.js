@@ -124,7 +124,7 @@ async function runNow() {
   ui.stats.textContent = "";
   try {
     const body = spec();
-    show(await run(body), body);
+    show(await run(body, (progress) => setStatus(progress.state, progress.message)), body);
   } finally {
     ui.run.disabled = false;
   }

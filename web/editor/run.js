@@ -1,4 +1,7 @@
 // POST /api/v1/run and what its answer means to a person: the state line and the figures.
+// The run is asked for asynchronously (`Prefer: respond-async`, docs/api.md "Asynchronous runs"): a run
+// that is not done within WAIT is answered 202 with its state (queued with its place, or running), and
+// its GET is long-polled until the result is there; every 202 is shown through `onProgress`.
 // With the Pyodide worker ready, the answer is asked for as application/x-cpio and parsed by `wire` in
 // the worker; otherwise (still loading, failed, or a parse that failed) as JSON. Either way every stream
 // and file of the result carries its bytes as `data` (a Uint8Array). Error answers are JSON either way.
@@ -6,36 +9,66 @@ import { parseResult, pyodideState } from "../pyodide/client.js";
 
 export const API_BASE = document.querySelector('meta[name="pe-api-base"]')?.content ?? "";
 const CPIO = "application/x-cpio";
+// Quick runs are answered by the POST itself (one round trip); longer ones by long polls of POLL.
+const WAIT = "respond-async, wait=0.3";
+const POLL = "wait=20";
 
-function post(spec, accept) {
-  return fetch(`${API_BASE}/api/v1/run`, {
+/** The final answer to `spec` (asked for as `accept`): the POST's, or after its 202 the last of the
+ * long polls of the run's GET, each 202 before it passed to `onProgress` as {state, message}.
+ * `waited` says whether there was a 202: then the run ran for this page, though its GET is served
+ * from the store (`"cached": true`). */
+async function settle(spec, accept, onProgress) {
+  let response = await fetch(`${API_BASE}/api/v1/run`, {
     method: "POST",
-    headers: { "Content-Type": "application/json", Accept: accept },
+    headers: { "Content-Type": "application/json", Accept: accept, Prefer: WAIT },
     body: JSON.stringify(spec),
   });
+  let waited = false;
+  while (response.status === 202) {
+    waited = true;
+    const progress = await response.json();
+    onProgress(progressOf(progress));
+    const url = `${API_BASE}/api/v1/runs/${encodeURIComponent(progress.id)}`;
+    response = await fetch(url, { headers: { Accept: accept, Prefer: POLL } });
+  }
+  return { response, waited };
+}
+
+/** A 202's body ({id, state, position}) as the state line shows it. */
+function progressOf({ state, position }) {
+  if (state === "queued") return { state, message: position ? `Queued (${position} ahead)` : "Queued (next in line)" };
+  return { state: "running", message: "Running…" };
 }
 
 /** {state, message, parser?, result?}: `state` is one of ok, cached, exit, timeout, error, rate_limited,
- * busy; `parser` says who read the answer: "pyodide" (the cpio form) or "json". */
-export async function run(spec) {
-  let response;
+ * busy; `parser` says who read the answer: "pyodide" (the cpio form) or "json". Until then,
+ * `onProgress` gets {state: "queued" | "running", message} whenever the run's state is known to change. */
+export async function run(spec, onProgress = () => {}) {
+  let settled;
   try {
     if (pyodideState().state === "ready") {
-      response = await post(spec, CPIO);
+      settled = await settle(spec, CPIO, onProgress);
+      const { response, waited } = settled;
       if (response.ok && response.headers.get("Content-Type")?.startsWith(CPIO)) {
         try {
-          return answer(await parseResult(await response.arrayBuffer()), "pyodide");
+          return answer(ranFor(await parseResult(await response.arrayBuffer()), waited), "pyodide");
         } catch (error) {
           console.warn("the cpio answer could not be parsed in Pyodide; asking for JSON:", error);
-          response = null;
+          settled = null;
         }
       }
     }
-    response ??= await post(spec, "application/json");
+    settled ??= await settle(spec, "application/json", onProgress);
   } catch (error) {
     return { state: "error", message: `Cannot reach the service: ${error.message}` };
   }
-  return interpret(response);
+  return interpret(settled.response, settled.waited);
+}
+
+/** `result`, not "cached" when this page `waited` for it: it ran for this page. */
+function ranFor(result, waited) {
+  if (waited) result.cached = false;
+  return result;
 }
 
 /** The stored result of run `id` (`GET /api/v1/runs/<id>`, as JSON), answered as `run` answers, or
@@ -50,8 +83,9 @@ export async function storedRun(id) {
   return response.status === 404 ? null : interpret(response);
 }
 
-/** A JSON answer of the API (a result, or an error with its status) as {state, message, result?}. */
-async function interpret(response) {
+/** A JSON answer of the API (a result, or an error with its status) as {state, message, result?};
+ * `waited` as `settle` says. */
+async function interpret(response, waited = false) {
   const body = await response.json().catch(() => null);
   const retry = response.headers.get("Retry-After");
   const detail = body?.error?.message ?? `HTTP ${response.status}`;
@@ -63,7 +97,7 @@ async function interpret(response) {
     return { state: "busy", message: `Busy (503): ${detail}${when}` };
   }
   if (!response.ok || !body) return { state: "error", message: `Error ${response.status}: ${detail}` };
-  return answer(withData(body), "json");
+  return answer(ranFor(withData(body), waited), "json");
 }
 
 function answer(result, parser) {
