@@ -198,6 +198,8 @@ async def run(request: Request) -> Response:
 
 
 async def get_run(request: Request) -> Response:
+    """A stored run (200, 304); a run in flight is a 202, held with `Prefer: wait=N` until its state
+    changes (a long poll; docs/api.md, "Asynchronous runs"). Takes from "requests" only."""
     edge: Edge = request.app.state.edge
     quota = await edge.rate_limits.charge(client_key(request, edge.proxies), edge.rate_limits.requests)
     run_id = request.path_params["run_id"]
