@@ -4,7 +4,8 @@
   and on a trivial Starlette "hello" app served by the same accept loop, Hypercorn protocols and
   connection manager (api/listener.py) in a child of its own; rounds alternate between them. The
   cache hit is measured twice: as every client's request is answered, charged to the client's
-  requests bucket (one too large to refuse h2load), and with rate limits off. Besides h2load's rate,
+  requests bucket (one too large to refuse h2load: a client far from its limit, so its answers carry
+  no `RateLimit-*` headers, docs/edge.md), and with rate limits off. Besides h2load's rate,
   each server's CPU time per request (from /proc): on a shared machine the rate moves with other
   processes' load, the CPU a request costs much less.
 - memory: the server's RSS with N idle HTTP/2 connections held open by this process (each sent its
@@ -36,7 +37,7 @@ import httpx
 
 from pe.child import NO_RATE_LIMITS, ROOT, ServeProcess, free_port, start_serve
 
-# Rate limits as served, with a requests bucket h2load (one client address) cannot empty.
+# Rate limits as served, with a requests bucket h2load (one client address) cannot even half empty.
 REQUESTS_BUCKET_ONLY = (
     "--rate-requests-per-s", "1000000000", "--rate-requests-burst", "1000000000",
     "--rate-runs-per-s", "0", "--rate-fresh-per-s", "0",

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from api.errors import ApiError
-from api.ratelimit import Decision, MemoryBuckets, RateLimits, take_tokens
+from api.ratelimit import Decision, MemoryBuckets, RateLimits, quota_headers, raw_quota_headers, take_tokens
 from pe.child import ServeProcess, start_serve
 from pe.settings import Settings
 
@@ -122,6 +122,39 @@ async def test_charge_raises_429_with_headers_and_reports_the_tightest_bucket(cl
 
 
 @pytest.mark.anyio
+async def test_the_bucket_reported_is_the_one_with_the_smallest_share_left(clock: Clock) -> None:
+    settings = Settings(rate_requests_per_s=1, rate_requests_burst=100, rate_runs_per_s=1, rate_runs_burst=20)
+    limits = RateLimits(MemoryBuckets(clock=clock), settings)
+    for _ in range(69):
+        await limits.charge("c", limits.requests)
+    quota = await limits.charge("c", limits.requests)  # 30 of 100 left: fewer than half
+    quota = await limits.charge("c", limits.runs, quota)  # 19 of 20 left: more tokens, but nearly full
+    assert quota is not None and (quota.limit, quota.remaining) == (100, 30)
+    assert quota_headers(quota) == {
+        "RateLimit-Limit": "100",
+        "RateLimit-Remaining": "30",
+        "RateLimit-Reset": "70",
+    }
+
+
+def test_quota_headers_are_sent_once_less_than_half_the_bucket_is_left() -> None:
+    def decision(remaining: int, limit: int) -> Decision:
+        return Decision(True, limit, remaining, reset_s=2.5, retry_after_s=0.0)
+
+    for remaining, limit in ((100, 100), (50, 100), (2, 3), (1, 1)):
+        assert quota_headers(decision(remaining, limit)) == {}
+        assert raw_quota_headers(decision(remaining, limit)) == []
+    assert quota_headers(decision(49, 100)) == {
+        "RateLimit-Limit": "100", "RateLimit-Remaining": "49", "RateLimit-Reset": "3",
+    }  # fmt: skip
+    assert raw_quota_headers(decision(1, 3)) == [
+        (b"ratelimit-limit", b"3"), (b"ratelimit-remaining", b"1"), (b"ratelimit-reset", b"3"),
+    ]  # fmt: skip
+    assert raw_quota_headers(decision(0, 1)) != []
+    assert quota_headers(None) == {} and raw_quota_headers(None) == []
+
+
+@pytest.mark.anyio
 async def test_a_rate_of_zero_turns_a_policy_off(clock: Clock) -> None:
     limits = RateLimits(MemoryBuckets(clock=clock), Settings(rate_runs_per_s=0, rate_runs_burst=1))
     for _ in range(10):
@@ -178,7 +211,10 @@ def assert_rate_limited(response: httpx.Response, limit: int) -> None:
 
 def test_a_client_over_its_run_budget_gets_429_while_another_is_served(http: httpx.Client) -> None:
     greedy, other = new_client(), new_client()
-    for left in (2, 1, 0):
+    first = http.post("/api/v1/run", json=spec(), headers=greedy)
+    assert first.status_code == 200, first.text
+    assert "ratelimit-limit" not in first.headers  # 2 of 3 runs left: far from the limit
+    for left in (1, 0):
         response = http.post("/api/v1/run", json=spec(), headers=greedy)
         assert response.status_code == 200, response.text
         assert response.headers["ratelimit-limit"] == "3"  # the runs bucket, the tightest one
@@ -199,8 +235,21 @@ def test_cache_hits_are_served_when_the_run_bucket_is_empty(http: httpx.Client) 
     hit = http.post("/api/v1/run", json=known, headers=client)
     assert hit.status_code == 200, hit.text
     assert hit.json()["cached"] is True
-    assert hit.headers["ratelimit-limit"] == "12"  # only the requests bucket was charged
+    assert "ratelimit-limit" not in hit.headers  # only the requests bucket was charged: 7 of 12 left
     assert http.get(hit.headers["content-location"], headers=client).status_code == 200
+
+
+def test_answers_carry_the_quota_once_half_the_requests_bucket_is_used(http: httpx.Client) -> None:
+    client = new_client()
+    posted = http.post("/api/v1/run", json=spec(), headers=client)  # 11 of 12 requests left
+    assert posted.status_code == 200, posted.text
+    for _ in range(5):  # 10, 9, 8, 7, 6 left: half or more
+        response = http.get(posted.headers["content-location"], headers=client)
+        assert response.status_code == 200 and "ratelimit-remaining" not in response.headers
+    response = http.get(posted.headers["content-location"], headers=client)
+    assert response.status_code == 200
+    assert (response.headers["ratelimit-limit"], response.headers["ratelimit-remaining"]) == ("12", "5")
+    assert 690 <= int(response.headers["ratelimit-reset"]) <= 700  # 7 tokens at 0.01/s
 
 
 def test_fresh_runs_are_limited_more_strictly(http: httpx.Client) -> None:
