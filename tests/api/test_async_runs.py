@@ -58,19 +58,19 @@ def test_watch_answers_when_the_job_is_leased_and_when_it_completes(make_state: 
         await state.submit(watched, client="c", use_cache=True)
         start = time.monotonic()
         assert await state.watch(watched.id, queued(0), 0.3) == queued(0)  # nothing changed: after 0.3 s
-        assert 0.25 < time.monotonic() - start < 2
+        assert 0.25 < time.monotonic() - start < 5
         waking = asyncio.create_task(state.watch(watched.id, queued(0), 20))
         await asyncio.sleep(0.1)
         lease = await state.pull()
         start = time.monotonic()
         assert await waking == RUNNING
-        assert time.monotonic() - start < 1
+        assert time.monotonic() - start < 5  # woken by the change, not after the 20 s wait
         waking = asyncio.create_task(state.watch(watched.id, RUNNING, 20))
         await asyncio.sleep(0.1)
         assert await state.complete(watched.id, lease.token, output(watched, "done"))
         start = time.monotonic()
         assert await waking is None
-        assert time.monotonic() - start < 1
+        assert time.monotonic() - start < 5  # woken by the change, not after the 20 s wait
         await closed(state)
 
     run(main())
@@ -89,7 +89,7 @@ def test_a_stopping_edge_answers_its_long_polls_at_once(make_state: MakeState) -
         state.stop_offers()
         start = time.monotonic()
         assert await polling == queued(0)
-        assert time.monotonic() - start < 1
+        assert time.monotonic() - start < 5  # woken by the change, not after the 20 s wait
         await closed(state)
 
     run(main())
@@ -107,7 +107,7 @@ def test_a_watch_on_one_edge_sees_another_edge_lease_and_complete(make_edges: Ma
         lease = await there.pull()
         start = time.monotonic()
         assert await waking == RUNNING
-        assert time.monotonic() - start < 1
+        assert time.monotonic() - start < 5  # woken by the change, not after the 20 s wait
         waking = asyncio.create_task(here.watch(watched.id, RUNNING, 20))
         assert await there.complete(watched.id, lease.token, output(watched, "done"))
         assert await waking is None
