@@ -9,7 +9,9 @@ runs share a request hash), rate limits off.
   issue defines it (each answer's `Server-Timing`, api/timing.py: the edge's time from receiving the
   request to answering it, minus the runner's time in the worker, per job); and from this client, a
   side's latency minus the runner's own time (`SandboxRunner.run` timed in this process), which
-  includes the client's HTTP exchange with the edge.
+  includes the client's HTTP exchange with the edge. Also the CPU time the edge and the worker
+  processes spend a job (from /proc; steadier than latencies on a shared machine). It includes the
+  runner's own Python work (in the worker, or in `pe serve`), not its crun children.
 - throughput: `--jobs` runs sent by 4 client threads at once, to the edge with one `pe worker --slots 1`,
   then with two (2 slots, as many as cores), against the runner called directly by one and by two
   concurrent loops.
@@ -38,6 +40,7 @@ import httpx
 from api.timing import parse_server_timing
 from catalog.store import ImageStore
 from pe.bench import percentile, report, time_edge
+from pe.bench_h2 import cpu_seconds
 from pe.child import NO_RATE_LIMITS, ServeProcess, start_serve, start_worker
 from pe.settings import Settings
 from wire.spec import parse_spec
@@ -166,10 +169,14 @@ async def measure(settings: Settings, runs: int, jobs: int) -> dict[str, list[fl
             await direct.latencies(per_round)  # warm-up: the worker fetches the image, caches fill
             for client in clients.values():
                 sequential(client, per_round)
+            processes = {"serve": {"serve": serve}, "edge": {"edge": edge, "worker": workers[0]}}
             for _ in range(ROUNDS):
                 add("runner", await direct.latencies(per_round))
                 for name, client in clients.items():
+                    before = {key: cpu_seconds(p.process.pid) for key, p in processes[name].items()}
                     latencies, overheads = sequential(client, per_round)
+                    for key, process in processes[name].items():
+                        add(f"{key} cpu", [cpu_seconds(process.process.pid) - before[key]])
                     add(name, latencies)
                     add(f"{name} overhead", overheads)
             for round_number in range(ROUNDS):
@@ -212,6 +219,12 @@ def bench_workers(args: argparse.Namespace) -> int:
         overheads = figures[f"{name} overhead"]
         p50, p95 = percentile(overheads, 0.5), percentile(overheads, 0.95)
         print(f"{name:<10} n={len(overheads):<5} p50 {p50:+.2f} ms, p95 {p95:+.2f} ms")
+    jobs_run = len(figures["serve"])
+    cpu = {key: sum(figures[f"{key} cpu"]) / jobs_run * 1000 for key in ("serve", "edge", "worker")}
+    print(
+        f"CPU a job (user + system, the runner's children not counted): pe serve {cpu['serve']:.2f} ms;"
+        f" pe edge {cpu['edge']:.2f} ms + pe worker {cpu['worker']:.2f} ms"
+    )
     print(f"throughput: {args.jobs} runs a round from {CLIENTS} clients, runs/s (median of {ROUNDS} rounds)")
     rates = {
         name: statistics.median(values) for name, values in figures.items() if " x" in name or "work" in name
