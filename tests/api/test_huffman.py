@@ -48,6 +48,15 @@ def test_invalid_strings_fail_as_hpack_fails() -> None:
     assert failures > 1000  # random bytes are mostly not Huffman strings: the error paths were taken
 
 
+def test_a_repeated_string_decodes_and_fails_the_same_again() -> None:
+    path = ENCODER.encode(b"/api/v1/runs/" + b"7e" * 32)
+    assert [decode_huffman(path) for _ in range(3)] == [hpack_decode(path)] * 3
+    assert decode_huffman(memoryview(path)) == decode_huffman(bytearray(path)) == hpack_decode(path)
+    for _ in range(2):
+        with pytest.raises(HPACKDecodingError):
+            decode_huffman(b"\xff\xff\xff\xff")
+
+
 def test_the_edge_protocols_make_hpack_use_it() -> None:
     h2.install()
     assert hpack.hpack.decode_huffman is decode_huffman
