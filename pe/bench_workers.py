@@ -226,9 +226,8 @@ def bench_workers(args: argparse.Namespace) -> int:
         f" pe edge {cpu['edge']:.2f} ms + pe worker {cpu['worker']:.2f} ms"
     )
     print(f"throughput: {args.jobs} runs a round from {CLIENTS} clients, runs/s (median of {ROUNDS} rounds)")
-    rates = {
-        name: statistics.median(values) for name, values in figures.items() if " x" in name or "work" in name
-    }
+    sides = ("direct x1", "direct x2", "edge 1 worker", "edge 2 workers")
+    rates = {name: statistics.median(figures[name]) for name in sides}
     for name, rate in rates.items():
         print(f"{name:<16} {rate:7.1f} runs/s")
     for workers, loops in (("edge 1 worker", "direct x1"), ("edge 2 workers", "direct x2")):
