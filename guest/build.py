@@ -1,10 +1,12 @@
 """Build the microVM guest: Debian's cloud kernel and our initramfs, cached by their inputs.
 
 The kernel comes from its .deb (`apt-get download` + `dpkg -x`, never installed into the host's
-/boot). The initramfs holds busybox-static (with its applet links), crun and the shared libraries
-ldd finds for it, tini-static, our init (guest/init.sh) and the kernel modules the guest needs,
-resolved with their dependencies through the `modules.dep` that `depmod -b` writes. It is an
-uncompressed newc cpio: under TCG decompressing costs more than copying.
+/boot). The initramfs holds busybox-static (with its applet links), crun built statically from
+Debian's source package (guest/crun.py), tini-static, our init (guest/init.sh) and the kernel
+modules the guest needs, resolved with their dependencies through the `modules.dep` that `depmod -b`
+writes (a copy limited to them goes in too, so that one `modprobe -a` loads them all: one process,
+not one per module). It is an uncompressed newc cpio: under TCG decompressing costs more than
+copying.
 
 Builds live in `<cache_dir>/guest/<key>/`, the key hashing every input (package versions, the init
 script, the module list), so a second build with the same inputs only computes the key.
@@ -23,6 +25,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from guest import crun
+from guest.debian import GuestBuildError, installed_version, run
 from guest.oci import ID_COUNT, oci_config
 from wire.spec import DEFAULT_LIMITS
 
@@ -30,18 +34,14 @@ INIT_SCRIPT = Path(__file__).with_name("init.sh")
 KERNEL_META = "linux-image-cloud-amd64"  # depends on the current linux-image-<version>-cloud-amd64
 # What the init needs beyond the kernel's built-ins; dependencies (virtio, virtio_ring, ...) are added.
 MODULES = ("virtio_mmio", "virtio_blk", "erofs")
-PROGRAMS = {"busybox-static": "/bin/busybox", "crun": "/usr/bin/crun", "tini": "/usr/bin/tini-static"}
-DIRECTORIES = ("bin", "dev", "etc", "lib/modules", "mnt/image", "newroot", "proc", "run", "sys", "tmp")
-BUILD_FORMAT = 2  # bump when the layout of a build changes
+PROGRAMS = {"busybox-static": "/bin/busybox", "tini": "/usr/bin/tini-static"}  # besides crun
+DIRECTORIES = ("bin", "dev", "etc", "mnt/image", "newroot", "proc", "run", "sys", "tmp")
+BUILD_FORMAT = 4  # bump when the layout of a build changes
 SIGNATURE_MAGIC = b"~Module signature appended~\n"  # the kernel's MODULE_SIG_STRING
 SIGNATURE_INFO_BYTES = 12  # struct module_signature, before the magic; its last field is the length
 
 
 WARMUP_BUNDLE = "/etc/pe-warmup"  # a pool guest runs this container once before it waits (init.sh)
-
-
-class GuestBuildError(Exception):
-    pass
 
 
 @dataclass(frozen=True)
@@ -51,28 +51,14 @@ class Guest:
     initrd: Path
 
 
-def _run(*command: str, cwd: Path | None = None) -> str:
-    done = subprocess.run(command, cwd=cwd, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise GuestBuildError(f"{' '.join(command)} failed: {done.stderr.strip()[-800:]}")
-    return done.stdout
-
-
-def _installed_version(package: str) -> str:
-    done = subprocess.run(["dpkg-query", "-W", "-f=${Version}", package], capture_output=True, text=True)
-    if done.returncode != 0 or not done.stdout:
-        raise GuestBuildError(f"the Debian package {package} is not installed (scripts/install installs it)")
-    return done.stdout
-
-
 def kernel_package() -> tuple[str, str]:
     """(name, candidate version) of the cloud kernel package the metapackage points at now."""
-    depends = _run("apt-cache", "depends", KERNEL_META)
+    depends = run("apt-cache", "depends", KERNEL_META)
     found = re.search(r"Depends: (linux-image-\S+-cloud-amd64)", depends)
     if found is None:
         raise GuestBuildError(f"no kernel package found behind {KERNEL_META} (run apt-get update)")
     name = found.group(1)
-    policy = _run("apt-cache", "policy", name)
+    policy = run("apt-cache", "policy", name)
     version = re.search(r"Candidate: (\S+)", policy)
     if version is None or version.group(1) == "(none)":
         raise GuestBuildError(f"{name} has no installable version")
@@ -84,7 +70,8 @@ def inputs() -> dict:
     return {
         "format": BUILD_FORMAT,
         "kernel": kernel_package(),
-        "packages": {package: _installed_version(package) for package in PROGRAMS},
+        "packages": {package: installed_version(package) for package in PROGRAMS},
+        "crun": crun.inputs(),
         "init": hashlib.sha256(INIT_SCRIPT.read_bytes()).hexdigest(),
         "modules": MODULES,
         "warmup": hashlib.sha256(json.dumps(warmup_config(), sort_keys=True).encode()).hexdigest(),
@@ -128,18 +115,20 @@ def ensure_guest(cache_dir: Path, progress: Callable[[str], None] = lambda line:
         out.mkdir()
         name, version = described["kernel"]
         progress(f"downloading {name} {version}")
-        _run("apt-get", "download", f"{name}={version}", cwd=work)
+        run("apt-get", "download", f"{name}={version}", cwd=work)
         [deb] = work.glob("linux-image-*.deb")
         progress(f"unpacking {deb.name}")
         kernel_root = work / "kernel"
-        _run("dpkg", "-x", str(deb), str(kernel_root))
+        run("dpkg", "-x", str(deb), str(kernel_root))
         [vmlinuz] = (kernel_root / "boot").glob("vmlinuz-*")
         release = vmlinuz.name.removeprefix("vmlinuz-")
-        _run("depmod", "-b", str(kernel_root), release)
-        modules = resolve_modules(kernel_root / "lib/modules" / release, MODULES)
+        run("depmod", "-b", str(kernel_root), release)
+        module_dir = kernel_root / "lib/modules" / release
+        modules = resolve_modules(module_dir, MODULES)
         progress(f"kernel {release}; modules in load order: {', '.join(m.stem for m in modules)}")
+        crun_binary = crun.build_crun(work, progress)
         root = work / "root"
-        make_root(root, modules)
+        make_root(root, release, modules, module_dependencies(module_dir, modules), crun_binary)
         progress("writing the initramfs")
         with (out / "initrd.cpio").open("wb") as initrd:
             listing = subprocess.run(["find", "."], cwd=root, capture_output=True, check=True).stdout
@@ -186,30 +175,46 @@ def resolve_modules(module_dir: Path, wanted: tuple[str, ...]) -> list[Path]:
     return [module_dir / path for path in ordered]
 
 
+def module_dependencies(module_dir: Path, modules: list[Path]) -> str:
+    """A modules.dep for `modules` alone, all in one directory (as make_root places them)."""
+    chosen = {str(module.relative_to(module_dir)) for module in modules}
+    lines = []
+    for line in (module_dir / "modules.dep").read_text().splitlines():
+        path, _, needs = line.partition(":")
+        if path in chosen:
+            lines.append(f"{Path(path).name}:" + "".join(f" {Path(need).name}" for need in needs.split()))
+    return "".join(f"{line}\n" for line in lines)
+
+
 def _module_name(path: str) -> str:
     return Path(path).name.split(".ko")[0].replace("-", "_")
 
 
-def make_root(root: Path, modules: list[Path]) -> None:
-    """The initramfs tree: programs, their libraries, modules, the init and a console node."""
+def make_root(root: Path, release: str, modules: list[Path], dependencies: str, crun_binary: Path) -> None:
+    """The initramfs tree: programs, their libraries (none: all are static), modules (where busybox
+    modprobe looks for them: /lib/modules/<release>/), the init and a console node."""
     for directory in DIRECTORIES:
         (root / directory).mkdir(parents=True, exist_ok=True)
     os.mknod(root / "dev/console", 0o600 | 0o020000, os.makedev(5, 1))
     for package, path in PROGRAMS.items():
-        if path not in _run("dpkg", "-L", package).split():
+        if path not in run("dpkg", "-L", package).split():
             raise GuestBuildError(f"{package} does not ship {path}")
+    for path in [*PROGRAMS.values(), str(crun_binary)]:
         shutil.copy(path, root / "bin" / Path(path).name)
         for library in _libraries(path):
             target = root / library.lstrip("/")
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(library, target)
-    applets = _run(str(root / "bin/busybox"), "--list").split()
+    applets = run(str(root / "bin/busybox"), "--list").split()
     for applet in applets:
         if not (root / "bin" / applet).exists():
             (root / "bin" / applet).symlink_to("busybox")
+    module_root = root / "lib/modules" / release
+    module_root.mkdir(parents=True)
     for module in modules:
-        (root / "lib/modules" / module.name).write_bytes(unsigned_module(module.read_bytes()))
-    (root / "etc/pe-modules").write_text("".join(f"{m.name}\n" for m in modules))
+        (module_root / module.name).write_bytes(unsigned_module(module.read_bytes()))
+    (module_root / "modules.dep").write_text(dependencies)
+    (root / "etc/pe-modules").write_text(" ".join(MODULES) + "\n")
     (root / WARMUP_BUNDLE.lstrip("/")).mkdir(parents=True)
     (root / WARMUP_BUNDLE.lstrip("/") / "config.json").write_text(json.dumps(warmup_config()))
     shutil.copy(INIT_SCRIPT, root / "init")

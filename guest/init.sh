@@ -28,19 +28,28 @@ fail() {
   poweroff -f
 }
 
-while read -r module; do
-  insmod "/lib/modules/$module" || fail "insmod $module"
-done < /etc/pe-modules
+# Every fork costs the single TCG vCPU several ms: files are read with `read` and tests are
+# builtins, not `$(cat ...)`, grep or sed. value_of FILE KEY sets $value to KEY's in a flat-keyed file.
+value_of() {
+  value=
+  while read -r key rest; do
+    [ "$key" = "$2" ] && value=$rest
+  done < "$1"
+}
+
+read -r modules < /etc/pe-modules  # with their dependencies (/lib/modules/<release>/modules.dep)
+modprobe -a $modules || fail "cannot load the modules $modules"
 echo 1 > /proc/sys/kernel/modules_disabled  # no module is loaded after ours, whoever asks
 
 for block in /sys/block/vd*; do
-  [ -e "$block/serial" ] && ln -s "/dev/${block##*/}" "/dev/$(cat "$block/serial")"
+  [ -e "$block/serial" ] || continue
+  read -r serial < "$block/serial"  # no newline at its end: read fails but sets $serial
+  ln -s "/dev/${block##*/}" "/dev/$serial"
 done
 for device in pe-image pe-input pe-output; do
   [ -b "/dev/$device" ] || fail "no $device block device"
 done
 
-mkdir -p /run/out/work
 mount -t erofs -o ro /dev/pe-image /mnt/image || fail "cannot mount the image"
 
 # What does not depend on the job is done before a pool guest waits for it.
@@ -48,13 +57,14 @@ mount -t erofs -o ro /dev/pe-image /mnt/image || fail "cannot mount the image"
 echo 1 > /proc/sys/vm/overcommit_memory  # as on a big host: the cgroup limit, not the VM's size, refuses
 mount -t cgroup2 cgroup2 /sys/fs/cgroup
 echo "+cpu +memory +pids" > /sys/fs/cgroup/cgroup.subtree_control
-mkdir /sys/fs/cgroup/pe
+mkdir -p /sys/fs/cgroup/pe /run/out/work
 mount -t tmpfs -o mode=0755 work /run/out/work || fail "cannot mount /work"
-mkfifo /run/stdout.fifo /run/stderr.fifo
+mkfifo /run/stdout.fifo /run/stderr.fifo /run/watchdog.fifo
 
 # A warm pool's guest (pe.wait) waits here for its job: the host writes the input device, then
 # sends a line on the console. The kernel may have cached the device's first blocks: drop them.
-if grep -qw pe.wait /proc/cmdline; then
+read -r cmdline < /proc/cmdline
+if [ "${cmdline% pe.wait}" != "$cmdline" ]; then  # worker/vm.py appends it last
   mkdir -p /run/warm/root /run/warm/work
   crun run --bundle /etc/pe-warmup warmup > /dev/null 2>&1  # guest/build.py warmup_config
   echo "pe-init: ready"
@@ -81,7 +91,9 @@ echo "pe-init: running"  # the host starts its run deadline here
 read -r started _ < /proc/uptime
 crun --log=/run/out/crun.log run --bundle /run/out pe < /run/out/stdin > /run/stdout.fifo 2> /run/stderr.fifo &
 crun_pid=$!
-(sleep "$PE_WALL_S" && echo 1 > /run/out/timedout && crun kill pe KILL) &
+# The watchdog waits with the shell's own `read -t` on a fifo nobody writes (`sleep` would be one
+# more exec of busybox while crun starts).
+(read -r -t "$PE_WALL_S" _ <> /run/watchdog.fifo || { echo 1 > /run/out/timedout && crun kill pe KILL; }) &
 watchdog_pid=$!
 wait "$crun_pid"
 returncode=$?
@@ -89,14 +101,19 @@ read -r ended _ < /proc/uptime
 kill "$watchdog_pid" 2> /dev/null
 wait "$stdout_pid" "$stderr_pid"
 
+timedout=0
+[ -e /run/out/timedout ] && timedout=1
+read -r peak_bytes < /sys/fs/cgroup/pe/memory.peak
 {
   echo "returncode=$returncode"
   echo "started=$started"
   echo "ended=$ended"
-  echo "timedout=$(cat /run/out/timedout 2> /dev/null || echo 0)"
-  echo "cpu_usec=$(sed -n 's/^usage_usec //p' /sys/fs/cgroup/pe/cpu.stat)"
-  echo "peak_bytes=$(cat /sys/fs/cgroup/pe/memory.peak)"
-  echo "oom_kill=$(sed -n 's/^oom_kill //p' /sys/fs/cgroup/pe/memory.events)"
+  echo "timedout=$timedout"
+  value_of /sys/fs/cgroup/pe/cpu.stat usage_usec
+  echo "cpu_usec=$value"
+  echo "peak_bytes=$peak_bytes"
+  value_of /sys/fs/cgroup/pe/memory.events oom_kill
+  echo "oom_kill=$value"
 } > /run/out/status
 
 cd /run/out && find status stdout stderr crun.log work | cpio -o -H newc > /dev/pe-output 2> /dev/null \

@@ -8,14 +8,17 @@ Three sides, alternating in rounds so the shared machine's load falls on all ali
 - pool: the same run given to a pooled guest that has booted and waits (the pool is filled and the
   guest ready before the clock starts), so it times what a run costs when the pool keeps up.
 
-Also printed: boot-to-ready of the pooled guests (QEMU start to "pe-init: ready"), and the ratios
-taken within each round (median, min, max), which the shared machine's load moves less.
+Also printed: boot-to-ready of the pooled guests (QEMU start to "pe-init: ready"), the ratios
+taken within each round (median, min, max), which the shared machine's load moves less, and the CPU
+time the bare and cold sides' processes used (QEMU, mostly: under TCG the guest's work is QEMU's
+CPU time), which a loaded machine stretches far less than elapsed time.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import resource
 import shutil
 import statistics
 import subprocess
@@ -63,6 +66,12 @@ def time_bare(guest: Guest, initrd: Path, accel: str) -> float:
     return (time.monotonic() - started) * 1000
 
 
+def children_cpu_ms() -> float:
+    """CPU time of this process's children that have been waited for (QEMU and its wrappers)."""
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (used.ru_utime + used.ru_stime) * 1000
+
+
 def true_job(image: str, digest: str) -> Job:
     spec = parse_spec({"image": image, "argv": ["true"], "runner": "vm"})
     return Job(uuid.uuid4().hex, spec, spec.argv, image, digest, "vm")
@@ -98,17 +107,25 @@ async def measure(settings: Settings, image: str, rounds: int) -> tuple[str, dic
     cold = VmRunner(store, 1, cache_dir=settings.cache_dir, accel=settings.vm_accel, guest=guest)
     accel = await cold.chosen_accel()
     pooled = VmRunner(store, 1, cache_dir=settings.cache_dir, accel=accel, guest=guest, pool_mib=one_guest)
-    times: dict[str, list[float]] = {"bare": [], "cold": [], "pool": [], "pool boot-to-ready": []}
+    times: dict[str, list[float]] = {
+        "bare": [], "cold": [], "pool": [], "pool boot-to-ready": [], "bare cpu": [], "cold cpu": [],
+    }  # fmt: skip
     with tempfile.TemporaryDirectory() as scratch:
         initrd = bare_initrd(Path(scratch))
         try:
             for number in range(rounds + 1):  # round 0 warms caches and is not counted
+                # A pooled guest is only waited for when it is discarded (in the pool run), so these
+                # two windows count their own processes only.
+                cpu_before = children_cpu_ms()
                 bare = await asyncio.to_thread(time_bare, guest, initrd, accel)
+                cpu_bare = children_cpu_ms()
                 cold_ms = await time_run(cold, true_job(image, meta.digest))
+                cpu_cold = children_cpu_ms()
                 ready_ms = await pooled_ready(pooled, meta.digest)
                 pool_ms = await time_run(pooled, true_job(image, meta.digest))
                 if number:
-                    for side, value in zip(times, (bare, cold_ms, pool_ms, ready_ms), strict=True):
+                    values = (bare, cold_ms, pool_ms, ready_ms, cpu_bare - cpu_before, cpu_cold - cpu_bare)
+                    for side, value in zip(times, values, strict=True):
                         times[side].append(value)
                 print(f"round {number}: bare {bare:.0f} ms, cold {cold_ms:.0f} ms, pool {pool_ms:.0f} ms")
         finally:
@@ -129,7 +146,12 @@ def bench_vm(args: argparse.Namespace) -> int:
     cold, bare, pool = medians["cold"], medians["bare"], medians["pool"]
     print(f"cold/bare {cold / bare:.2f}; cold/pool {cold / pool:.2f}; pool/bare {pool / bare:.2f}")
     # Each round's sides ran back to back, under much the same load: their ratios spread less.
-    for name, top, bottom in (("cold/bare", "cold", "bare"), ("cold/pool", "cold", "pool")):
+    pairs = (
+        ("cold/bare", "cold", "bare"),
+        ("cold/pool", "cold", "pool"),
+        ("cpu cold/bare", "cold cpu", "bare cpu"),
+    )
+    for name, top, bottom in pairs:
         ratios = [a / b for a, b in zip(times[top], times[bottom], strict=True)]
         print(
             f"per-round {name}: median {statistics.median(ratios):.2f}, "
