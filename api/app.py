@@ -158,7 +158,9 @@ def make_job(edge: Edge, spec: RunSpec) -> Job:
 
 async def run(request: Request) -> Response:
     """Every request takes a token from the client's "requests" bucket; one the cache cannot answer
-    also takes from "runs", and a fresh one first from "fresh" (docs/edge.md, "Rate limits")."""
+    also takes from "runs" (unless it joins the identical run in flight, which costs no more than the
+    cache hit it would be a moment later), and a fresh one first from "fresh" (docs/edge.md, "Rate
+    limits")."""
     edge: Edge = request.app.state.edge
     client = client_key(request, edge.proxies)
     quota = await edge.rate_limits.charge(client, edge.rate_limits.requests)
@@ -172,7 +174,9 @@ async def run(request: Request) -> Response:
     else:
         if not spec.cache:
             quota = await edge.rate_limits.charge(client, edge.rate_limits.fresh, quota)
-        quota = await edge.rate_limits.charge(client, edge.rate_limits.runs, quota)
+            quota = await edge.rate_limits.charge(client, edge.rate_limits.runs, quota)
+        elif not await edge.dispatcher.in_flight(job.id):
+            quota = await edge.rate_limits.charge(client, edge.rate_limits.runs, quota)
         prefer = parse_prefer(request.headers.getlist("prefer"))
         if prefer.respond_async:
             future = await edge.dispatcher.submit(job, use_cache=spec.cache, client=client)

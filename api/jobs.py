@@ -74,6 +74,9 @@ class Dispatcher:
             if not self.workers.offers(runner):
                 raise no_workers(runner)
 
+    async def in_flight(self, run_id: str) -> bool:
+        return await self.state.in_flight(run_id)
+
     async def progress(self, run_id: str, seen: Progress | None = None, wait_s: float = 0) -> Progress | None:
         """Whether `run_id` is queued or running (State.progress); with `wait_s`, as soon as that
         differs from `seen` (a long poll). 503 `no_workers` for a run no connected worker could run."""

@@ -147,6 +147,10 @@ class State(ABC):
         """The cached output of `run_id`, now the most recently used; None when not (or no longer) kept."""
 
     @abstractmethod
+    async def in_flight(self, job_id: str) -> bool:
+        """Whether `job_id` is queued or running: a request for it now would join that flight."""
+
+    @abstractmethod
     async def progress(self, job_id: str) -> Progress | None:
         """Whether `job_id` is queued (and how many jobs go first) or running; None when it is not in
         flight (done, given up, or never submitted). The position counts the requeued jobs at the front,

@@ -83,6 +83,9 @@ class MemoryState(State):
         self._depth += 1
         self._announce_work()
 
+    async def in_flight(self, job_id: str) -> bool:
+        return job_id in self._jobs
+
     async def progress(self, job_id: str) -> Progress | None:
         job = self._jobs.get(job_id)
         if job is None:

@@ -131,6 +131,10 @@ class RedisState(State):
         blob = await self._script("cache_get", run_id)
         return None if blob is None else unpack_output(blob)
 
+    async def in_flight(self, job_id: str) -> bool:
+        with reachable():
+            return bool(await self._redis.exists(self.prefix + "job:" + job_id))
+
     async def progress(self, job_id: str) -> Progress | None:
         reply = await self._script("progress", job_id)
         if not reply:

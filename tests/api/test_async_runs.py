@@ -44,6 +44,7 @@ def test_progress_gives_each_jobs_place_in_the_fair_queue_then_running(make_stat
         assert [await state.progress(j.id) for j in (a1, b1, a2)] == [RUNNING, queued(0), queued(1)]
         assert await state.complete(a1.id, lease.token, output(a1, "done"))
         assert await state.progress(a1.id) is None  # done: the cache has it
+        assert not await state.in_flight(a1.id) and await state.in_flight(b1.id)
         assert await state.progress("never-submitted") is None
         await closed(state)
 

@@ -252,6 +252,21 @@ def test_answers_carry_the_quota_once_half_the_requests_bucket_is_used(http: htt
     assert 690 <= int(response.headers["ratelimit-reset"]) <= 700  # 7 tokens at 0.01/s
 
 
+def test_joining_the_identical_run_in_flight_costs_no_run(http: httpx.Client) -> None:
+    client = new_client()
+    tag = uuid.uuid4().hex
+    slow = {"image": "busybox", "argv": ["sh", "-c", f"sleep 2; echo {tag}"]}
+    started = http.post("/api/v1/run", json=slow, headers={**client, "Prefer": "respond-async"})
+    assert started.status_code == 202, started.text
+    for _ in range(2):
+        assert http.post("/api/v1/run", json=spec(), headers=client).status_code == 200
+    assert_rate_limited(http.post("/api/v1/run", json=spec(), headers=client), limit=3)
+    # The run budget is spent, but the same request again joins the run in flight: no 429.
+    joined = http.post("/api/v1/run", json=slow, headers=client)
+    assert joined.status_code == 200, joined.text
+    assert joined.json()["id"] == started.json()["id"] and joined.json()["stdout"]["text"] == f"{tag}\n"
+
+
 def test_fresh_runs_are_limited_more_strictly(http: httpx.Client) -> None:
     client = new_client()
     known = spec(cache=False)
