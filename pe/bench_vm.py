@@ -114,14 +114,15 @@ async def measure(settings: Settings, image: str, rounds: int) -> tuple[str, dic
         initrd = bare_initrd(Path(scratch))
         try:
             for number in range(rounds + 1):  # round 0 warms caches and is not counted
-                # A pooled guest is only waited for when it is discarded (in the pool run), so these
-                # two windows count their own processes only.
+                # The pool's guest boots first: a guest booting beside the bare and cold sides would
+                # slow them. It is only waited for when it is discarded (in the pool run), so the
+                # bare and cold windows count their own processes' CPU time only.
+                ready_ms = await pooled_ready(pooled, meta.digest)
                 cpu_before = children_cpu_ms()
                 bare = await asyncio.to_thread(time_bare, guest, initrd, accel)
                 cpu_bare = children_cpu_ms()
                 cold_ms = await time_run(cold, true_job(image, meta.digest))
                 cpu_cold = children_cpu_ms()
-                ready_ms = await pooled_ready(pooled, meta.digest)
                 pool_ms = await time_run(pooled, true_job(image, meta.digest))
                 if number:
                     values = (bare, cold_ms, pool_ms, ready_ms, cpu_bare - cpu_before, cpu_cold - cpu_bare)
