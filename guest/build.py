@@ -27,7 +27,7 @@ from pathlib import Path
 
 from guest import crun
 from guest.debian import GuestBuildError, installed_version, run
-from guest.oci import ID_COUNT, oci_config, seccomp_profile
+from guest.oci import ID_COUNT, oci_config
 from wire.spec import DEFAULT_LIMITS
 
 INIT_SCRIPT = Path(__file__).with_name("init.sh")
@@ -36,7 +36,7 @@ KERNEL_META = "linux-image-cloud-amd64"  # depends on the current linux-image-<v
 MODULES = ("virtio_mmio", "virtio_blk", "erofs")
 PROGRAMS = {"busybox-static": "/bin/busybox", "tini": "/usr/bin/tini-static"}  # besides crun
 DIRECTORIES = ("bin", "dev", "etc", "mnt/image", "newroot", "proc", "run", "sys", "tmp")
-BUILD_FORMAT = 5  # bump when the layout of a build changes
+BUILD_FORMAT = 4  # bump when the layout of a build changes
 SIGNATURE_MAGIC = b"~Module signature appended~\n"  # the kernel's MODULE_SIG_STRING
 SIGNATURE_INFO_BYTES = 12  # struct module_signature, before the magic; its last field is the length
 
@@ -49,7 +49,6 @@ class Guest:
     key: str
     kernel: Path
     initrd: Path
-    seccomp_bpf: Path  # seccomp_profile() compiled by the guest's crun (guest/crun.py compile_seccomp)
 
 
 def kernel_package() -> tuple[str, str]:
@@ -75,7 +74,6 @@ def inputs() -> dict:
         "crun": crun.inputs(),
         "init": hashlib.sha256(INIT_SCRIPT.read_bytes()).hexdigest(),
         "modules": MODULES,
-        "seccomp": hashlib.sha256(json.dumps(seccomp_profile(), sort_keys=True).encode()).hexdigest(),
         "warmup": hashlib.sha256(json.dumps(warmup_config(), sort_keys=True).encode()).hexdigest(),
     }
 
@@ -106,8 +104,8 @@ def ensure_guest(cache_dir: Path, progress: Callable[[str], None] = lambda line:
     described = inputs()
     key = guest_key(described)
     final = cache_dir / "guest" / key
-    guest = Guest(key, final / "vmlinuz", final / "initrd.cpio", final / "seccomp.bpf")
-    if all(path.is_file() for path in (guest.kernel, guest.initrd, guest.seccomp_bpf)):
+    guest = Guest(key, final / "vmlinuz", final / "initrd.cpio")
+    if guest.kernel.is_file() and guest.initrd.is_file():
         return guest
     final.parent.mkdir(parents=True, exist_ok=True)
     os.chmod(final.parent, 0o755)  # QEMU runs as an unprivileged uid and opens the kernel and initrd
@@ -129,10 +127,8 @@ def ensure_guest(cache_dir: Path, progress: Callable[[str], None] = lambda line:
         modules = resolve_modules(module_dir, MODULES)
         progress(f"kernel {release}; modules in load order: {', '.join(m.stem for m in modules)}")
         crun_binary = crun.build_crun(work, progress)
-        bpf = crun.compile_seccomp(crun_binary, seccomp_profile(), work)
-        (out / "seccomp.bpf").write_bytes(bpf)
         root = work / "root"
-        make_root(root, release, modules, module_dependencies(module_dir, modules), crun_binary, bpf)
+        make_root(root, release, modules, module_dependencies(module_dir, modules), crun_binary)
         progress("writing the initramfs")
         with (out / "initrd.cpio").open("wb") as initrd:
             listing = subprocess.run(["find", "."], cwd=root, capture_output=True, check=True).stdout
@@ -194,9 +190,7 @@ def _module_name(path: str) -> str:
     return Path(path).name.split(".ko")[0].replace("-", "_")
 
 
-def make_root(
-    root: Path, release: str, modules: list[Path], dependencies: str, crun_binary: Path, bpf: bytes
-) -> None:
+def make_root(root: Path, release: str, modules: list[Path], dependencies: str, crun_binary: Path) -> None:
     """The initramfs tree: programs, their libraries (none: all are static), modules (where busybox
     modprobe looks for them: /lib/modules/<release>/), the init and a console node."""
     for directory in DIRECTORIES:
@@ -222,8 +216,7 @@ def make_root(
     (module_root / "modules.dep").write_text(dependencies)
     (root / "etc/pe-modules").write_text(" ".join(MODULES) + "\n")
     (root / WARMUP_BUNDLE.lstrip("/")).mkdir(parents=True)
-    warmup = crun.annotate_seccomp(warmup_config(), bpf)
-    (root / WARMUP_BUNDLE.lstrip("/") / "config.json").write_text(json.dumps(warmup))
+    (root / WARMUP_BUNDLE.lstrip("/") / "config.json").write_text(json.dumps(warmup_config()))
     shutil.copy(INIT_SCRIPT, root / "init")
     (root / "init").chmod(0o755)
 

@@ -14,18 +14,14 @@ apt checks the source files against the archive's signed index.
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import subprocess
-from base64 import b64encode
 from collections.abc import Callable
 from pathlib import Path
 
 from guest.debian import GuestBuildError, installed_version, run
 
 PACKAGE = "crun"
-BPF_ANNOTATION = "run.oci.seccomp_bpf_data"  # crun(1): raw seccomp filter, base64
 # Static libraries crun links (libyajl-dev names its archive libyajl_s.a) and the tools to build it.
 BUILD_DEPENDS = ("libseccomp-dev", "libcap-dev", "libyajl-dev", "gcc", "make", "dpkg-dev", "pkg-config")
 # As Debian builds it (its crun needs no libgcrypt), minus systemd; static libraries only.
@@ -91,46 +87,3 @@ def _yajl_archive() -> Path:
         if path.endswith("/libyajl_s.a"):
             return Path(path)
     raise GuestBuildError("libyajl-dev ships no libyajl_s.a")
-
-
-def annotate_seccomp(config: dict, bpf: bytes) -> dict:
-    """`config` with the annotation that makes crun load `bpf` (base64) instead of compiling the
-    config's seccomp section, which stays there as the filter's source."""
-    annotations = {**config.get("annotations", {}), BPF_ANNOTATION: b64encode(bpf).decode()}
-    return {**config, "annotations": annotations}
-
-
-def compile_seccomp(crun_binary: Path, profile: dict, work: Path) -> bytes:
-    """The BPF program `crun_binary` compiles from the OCI seccomp `profile`: what it writes to the
-    state directory of a container it creates with that profile (`seccomp.bpf`), taken from a
-    scratch container on this host that is deleted before it runs anything. The guest's crun is
-    given it (annotation `run.oci.seccomp_bpf_data`) and loads it instead of compiling the same
-    profile again in every run (10-20 ms under TCG)."""
-    bundle = work / "seccomp-bundle"
-    for directory in ("rootfs/dev", "rootfs/proc", "rootfs/bin", "state"):
-        (bundle / directory).mkdir(parents=True)
-    (bundle / "rootfs/bin/true").touch(mode=0o755)  # crun checks that the program exists
-    config = {
-        "ociVersion": "1.0.2",
-        "process": {"args": ["/bin/true"], "cwd": "/", "user": {"uid": 0, "gid": 0}, "noNewPrivileges": True},
-        "root": {"path": "rootfs"},
-        "mounts": [],
-        "linux": {"namespaces": [{"type": "mount"}], "seccomp": profile},
-    }
-    (bundle / "config.json").write_text(json.dumps(config))
-    crun = [str(crun_binary), "--root", str(bundle / "state"), "--cgroup-manager=disabled"]
-    # crun refuses a host with cgroup v1 hierarchies mounted (hybrid): it gets a cgroup2 mount of
-    # its own, in a mount namespace of its own.
-    in_namespace = 'mount -t cgroup2 cgroup2 /sys/fs/cgroup && exec "$@"'
-    create = ["unshare", "--mount", "--propagation", "private", "sh", "-c", in_namespace, "sh",
-              *crun, "create", "--bundle", str(bundle), "pe-seccomp"]  # fmt: skip
-    # Not through pipes: the created container's process keeps crun's stdio until it is deleted.
-    errors = work / "seccomp-create.log"
-    with errors.open("w") as log:
-        done = subprocess.run(create, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
-    if done.returncode != 0:
-        raise GuestBuildError(f"crun could not compile the seccomp profile: {errors.read_text()[-800:]}")
-    try:
-        return (bundle / "state/pe-seccomp/seccomp.bpf").read_bytes()
-    finally:
-        run(*crun, "delete", "--force", "pe-seccomp")

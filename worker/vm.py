@@ -29,7 +29,6 @@ from typing import BinaryIO
 
 from catalog.store import ImageLocation
 from guest.build import Guest, ensure_guest
-from guest.crun import annotate_seccomp
 from guest.oci import ID_COUNT, oci_config, seccomp_profile
 from wire.cpio import CpioError, CpioReader, Entry, EntryData, EntryEnd, EntryStart, file_entry, iter_archive
 from wire.errors import WireError
@@ -72,7 +71,6 @@ class _Started:
     guest: Guest
     accel: str
     seccomp: dict
-    seccomp_bpf: bytes  # the same profile compiled once, when the guest was built
 
 
 @dataclass
@@ -140,7 +138,7 @@ class VmRunner:
         _sweep_stale(self.run_dir)
         accel = self.accel if self.accel != "auto" else await self._probe_accel(guest)
         log.info("vm runner started: guest %s, accel %s", guest.key, accel)
-        return _Started(guest, accel, seccomp_profile(), guest.seccomp_bpf.read_bytes())
+        return _Started(guest, accel, seccomp_profile())
 
     async def chosen_accel(self) -> str:
         """The accelerator the runs use ("kvm" or "tcg"), probed once when `accel` is "auto"."""
@@ -258,19 +256,16 @@ class VmRunner:
     def _input_entries(self, state: _Started, job: Job, location: ImageLocation, slot: int) -> list:
         limits = job.spec.limits
         id_base = GUEST_ID_BASE + slot * ID_COUNT
-        config = annotate_seccomp(
-            oci_config(
-                root="/mnt/image/" + location.root if location.root else "/mnt/image",
-                argv=job.argv,
-                env=job.spec.env,
-                limits=limits,
-                work_source="/run/out/work",
-                id_base=id_base,
-                init_source=INIT_SOURCE,
-                cgroups_path="/pe/run",
-                seccomp=state.seccomp,
-            ),
-            state.seccomp_bpf,
+        config = oci_config(
+            root="/mnt/image/" + location.root if location.root else "/mnt/image",
+            argv=job.argv,
+            env=job.spec.env,
+            limits=limits,
+            work_source="/run/out/work",
+            id_base=id_base,
+            init_source=INIT_SOURCE,
+            cgroups_path="/pe/run",
+            seccomp=state.seccomp,
         )
         env = {
             "PE_WALL_S": f"{limits.wall_ms / 1000:.3f}",

@@ -5,7 +5,6 @@ or run directory is left behind."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import os
 import shutil
 import subprocess
@@ -17,8 +16,6 @@ import pytest
 
 from catalog.store import ImageLocation
 from guest.build import SIGNATURE_MAGIC, Guest, ensure_guest, unsigned_module
-from guest.crun import compile_seccomp
-from guest.oci import seccomp_profile
 from pe.settings import load_settings
 from tests.support.images import FixedImages
 from wire.cpio import file_entry, write_archive
@@ -68,7 +65,7 @@ def broken_guest(guest: Guest, tmp: Path, init: str) -> Guest:
         )
     initrd.chmod(0o644)
     tmp.chmod(0o755)
-    return dataclasses.replace(guest, key="broken", initrd=initrd)
+    return Guest("broken", guest.kernel, initrd)
 
 
 def job(argv: list[str]) -> Job:
@@ -244,10 +241,3 @@ def test_the_guest_crun_has_the_features_of_debians_but_systemd(guest: Guest, tm
     assert {"+SECCOMP", "+CAP", "+EBPF"} <= _features(str(crun))
     linking = subprocess.run(["ldd", str(crun)], capture_output=True, text=True)
     assert "not a dynamic executable" in linking.stdout + linking.stderr
-
-
-def test_the_guest_loads_the_filter_crun_compiles_from_the_profile(guest: Guest, tmp_path: Path) -> None:
-    """Runs load seccomp.bpf (guest/crun.py annotate_seccomp) instead of compiling the profile: it
-    must be the very program Debian's crun compiles from seccomp_profile()."""
-    compiled = compile_seccomp(Path("/usr/bin/crun"), seccomp_profile(), tmp_path)
-    assert guest.seccomp_bpf.read_bytes() == compiled
