@@ -174,9 +174,15 @@ def spec(tag: str, n: int, sleep_s: float) -> dict:
     return {"image": BUSYBOX, "argv": ["sh", "-c", f"sleep {sleep_s}; echo {tag}-{n}"], "limits": limits}
 
 
+# HTTP/1.1, a connection per request in flight: httpx's HTTP/2 client (httpcore 1.0) can keep a response
+# it has already read until its connection's next frame arrives. Seen here (an strace of the edge had
+# the answer sent at once): a quick run's answer reached the test only when the long run's did.
+CLIENT_LIMITS = httpx.Limits(max_connections=50)
+
+
 @contextlib.asynccontextmanager
 async def client(url: str) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=url, http1=False, http2=True, timeout=60) as http:
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=CLIENT_LIMITS) as http:
         yield http
 
 
@@ -323,7 +329,7 @@ class CorruptingProxy:
     of the first image it passes on, as a faulty network path or disk would."""
 
     def __init__(self, upstream: str) -> None:
-        self.upstream = httpx.AsyncClient(base_url=upstream, http1=False, http2=True, timeout=60)
+        self.upstream = httpx.AsyncClient(base_url=upstream, timeout=60, limits=CLIENT_LIMITS)  # see client()
         self.corrupted: list[str] = []  # the paths of the downloads it spoiled
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
