@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import gc
 import os
 import re
 import resource
@@ -108,6 +109,8 @@ def serve_hello(port: int) -> None:
         manager = ConnectionManager(settings.max_connections, settings.idle_timeout_s, Metrics())
         stop = asyncio.Event()
         app = Starlette(routes=[Route("/", hello)])
+        gc.collect()  # and frozen, as the edge does after its start-up (api/server.py): a fair baseline
+        gc.freeze()
         await Listener(app, hypercorn_config(settings), manager, settings.grace_s).serve(stop)
 
     asyncio.run(main())

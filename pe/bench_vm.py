@@ -6,7 +6,9 @@ Three sides, alternating in rounds so the shared machine's load falls on all ali
   of busybox whose /init powers off at once; timed around the process;
 - cold: `VmRunner.run` of `/bin/true` in the busybox image without a pool: boot, run, teardown;
 - pool: the same run given to a pooled guest that has booted and waits (the pool is filled and the
-  guest ready before the clock starts), so it times what a run costs when the pool keeps up.
+  guest ready before the clock starts), so it times what a run costs when the pool keeps up. Each
+  round has a pool of its own, started after the bare and cold sides and closed after its run, so
+  that no other guest is alive while bare and cold are timed.
 
 Also printed: boot-to-ready of the pooled guests (QEMU start to "pe-init: ready"), the ratios
 taken within each round (median, min, max), which the shared machine's load moves less, and the CPU
@@ -106,7 +108,6 @@ async def measure(settings: Settings, image: str, rounds: int) -> tuple[str, dic
     one_guest = POOL_LIMITS.memory_mib + GUEST_MIB
     cold = VmRunner(store, 1, cache_dir=settings.cache_dir, accel=settings.vm_accel, guest=guest)
     accel = await cold.chosen_accel()
-    pooled = VmRunner(store, 1, cache_dir=settings.cache_dir, accel=accel, guest=guest, pool_mib=one_guest)
     times: dict[str, list[float]] = {
         "bare": [], "cold": [], "pool": [], "pool boot-to-ready": [], "bare cpu": [], "cold cpu": [],
     }  # fmt: skip
@@ -114,16 +115,24 @@ async def measure(settings: Settings, image: str, rounds: int) -> tuple[str, dic
         initrd = bare_initrd(Path(scratch))
         try:
             for number in range(rounds + 1):  # round 0 warms caches and is not counted
-                # The pool's guest boots first: a guest booting beside the bare and cold sides would
-                # slow them. It is only waited for when it is discarded (in the pool run), so the
-                # bare and cold windows count their own processes' CPU time only.
-                ready_ms = await pooled_ready(pooled, meta.digest)
+                # Bare and cold run with no other guest alive: a guest booting beside them, or even
+                # one idling in the pool, slows them under TCG (unevenly: an idle pool guest made the
+                # bare side ~0.2 s slower and the cold side ~0.1 s, which flattered cold/bare).
                 cpu_before = children_cpu_ms()
                 bare = await asyncio.to_thread(time_bare, guest, initrd, accel)
                 cpu_bare = children_cpu_ms()
                 cold_ms = await time_run(cold, true_job(image, meta.digest))
                 cpu_cold = children_cpu_ms()
-                pool_ms = await time_run(pooled, true_job(image, meta.digest))
+                # A pool of its own each round, closed after its run, so that its refill guest does
+                # not boot into the next round.
+                pooled = VmRunner(
+                    store, 1, cache_dir=settings.cache_dir, accel=accel, guest=guest, pool_mib=one_guest
+                )
+                try:
+                    ready_ms = await pooled_ready(pooled, meta.digest)
+                    pool_ms = await time_run(pooled, true_job(image, meta.digest))
+                finally:
+                    await pooled.close()
                 if number:
                     values = (bare, cold_ms, pool_ms, ready_ms, cpu_bare - cpu_before, cpu_cold - cpu_bare)
                     for side, value in zip(times, values, strict=True):
@@ -131,7 +140,6 @@ async def measure(settings: Settings, image: str, rounds: int) -> tuple[str, dic
                 print(f"round {number}: bare {bare:.0f} ms, cold {cold_ms:.0f} ms, pool {pool_ms:.0f} ms")
         finally:
             await cold.close()
-            await pooled.close()
     return accel, times
 
 
