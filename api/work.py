@@ -25,7 +25,7 @@ from api.workers import WorkerReport
 from pe.settings import RUNNER_KINDS
 from wire.result import unpack_output
 from wire.spec import MAX_LIMITS
-from worker.remote import RUNNER_MS_HEADER
+from worker.pull import RUNNER_MS_HEADER
 
 log = logging.getLogger("pe.work")
 T = TypeVar("T")

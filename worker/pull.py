@@ -28,6 +28,10 @@ from worker.runner import Job, Runner, error_output
 
 log = logging.getLogger("pe.worker")
 
+# With a remote worker's result upload: the job's time inside its runner's `run`, in ms (`on_ran` below;
+# the edge reports it in Server-Timing: api/work.py, api/timing.py).
+RUNNER_MS_HEADER = "pe-runner-ms"
+
 
 @dataclass(frozen=True)
 class Lease:

@@ -35,7 +35,7 @@ from pe.settings import Settings
 from wire.result import RunOutput, iter_pack_output
 from worker.edgelink import Answer, EdgeLink, LinkError
 from worker.imagecache import FetchError, ImageCache
-from worker.pull import Lease, PullWorker, SourceRefused, lease_ids
+from worker.pull import RUNNER_MS_HEADER, Lease, PullWorker, SourceRefused, lease_ids
 from worker.runner import Job, Runner
 
 log = logging.getLogger("pe.worker.remote")
@@ -50,7 +50,6 @@ UPLOAD_TIMEOUT_S = 60.0
 UPLOAD_CHUNK_BYTES = 64 * 1024  # see _chunks
 CPIO = "application/x-cpio"
 JSON = "application/json"
-RUNNER_MS_HEADER = "pe-runner-ms"  # with an upload: the job's time inside the runner's run (api/work.py)
 
 
 class EdgeError(Exception):
