@@ -174,8 +174,7 @@ async def run(request: Request) -> Response:
     else:
         if not spec.cache:
             quota = await edge.rate_limits.charge(client, edge.rate_limits.fresh, quota)
-            quota = await edge.rate_limits.charge(client, edge.rate_limits.runs, quota)
-        elif not await edge.dispatcher.in_flight(job.id):
+        if not spec.cache or not await edge.dispatcher.in_flight(job.id):
             quota = await edge.rate_limits.charge(client, edge.rate_limits.runs, quota)
         prefer = parse_prefer(request.headers.getlist("prefer"))
         if prefer.respond_async:
