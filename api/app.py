@@ -176,20 +176,17 @@ async def run(request: Request) -> Response:
             quota = await edge.rate_limits.charge(client, edge.rate_limits.fresh, quota)
         if not spec.cache or not await edge.dispatcher.in_flight(job.id):
             quota = await edge.rate_limits.charge(client, edge.rate_limits.runs, quota)
+        future = await edge.dispatcher.submit(job, use_cache=spec.cache, client=client)
         prefer = parse_prefer(request.headers.getlist("prefer"))
         if prefer.respond_async:
-            future = await edge.dispatcher.submit(job, use_cache=spec.cache, client=client)
             output = await settled(future, prefer.wait(0, ASYNC_WAIT_MAX_S))
-            if output is None:
-                progress = await edge.dispatcher.progress(job.id)
-                if progress is not None:
-                    location = b"/api/v1/runs/%s" % job.id.encode()
-                    headers = [(b"location", location), (b"preference-applied", b"respond-async")]
-                    return progress_response(job.id, progress, headers + raw_quota_headers(quota))
-                output = await edge.dispatcher.outcome(future, job.runner)  # it finished just now
-            cached = False
-        else:
-            output, cached = await edge.dispatcher.run(job, use_cache=spec.cache, client=client)
+            if output is None and (progress := await edge.dispatcher.progress(job.id)) is not None:
+                location = b"/api/v1/runs/%s" % job.id.encode()
+                headers = [(b"location", location), (b"preference-applied", b"respond-async")]
+                return progress_response(job.id, progress, headers + raw_quota_headers(quota))
+        if output is None:  # not async, or it finished just now
+            output = await edge.dispatcher.outcome(future, job.runner)
+        cached = False
     headers = [
         (b"etag", b'"%s"' % job.id.encode()),
         (b"content-location", b"/api/v1/runs/%s" % job.id.encode()),

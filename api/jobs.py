@@ -38,28 +38,18 @@ class Dispatcher:
         """The cached output of `run_id`, if the cache still holds it."""
         return await self.state.stored(run_id)
 
-    async def run(self, job: Job, *, use_cache: bool, client: str = DEFAULT_CLIENT) -> tuple[RunOutput, bool]:
-        """The output of `job` and whether it came from the cache.
+    async def submit(
+        self, job: Job, *, use_cache: bool, client: str = DEFAULT_CLIENT
+    ) -> asyncio.Future[RunOutput]:
+        """Queue `job` (or join its flight; with `use_cache`, a run the cache holds is a future already
+        done) without waiting for it. The route looks the cache up first.
 
         Identical requests that arrive while the job is queued or running wait for the same result.
         `client` names the sub-queue the job waits in (the queue serves clients in turn); ApiError 503
         `queue_full` or 429 `client_queue_full` when a bound is reached. 503 `no_workers` when no
-        connected worker runs the job's runner, at once or while waiting (the job stays queued for
-        when one comes back; docs/workers.md).
+        connected worker runs the job's runner (the job stays queued for when one comes back while
+        it waits in `outcome`; docs/workers.md).
         """
-        if use_cache:
-            cached = await self.state.stored(job.id)
-            if cached is not None:
-                self.metrics.cache_hits.inc()
-                return cached, True
-        future = await self.submit(job, use_cache=use_cache, client=client)
-        return await self.outcome(future, job.runner), False
-
-    async def submit(
-        self, job: Job, *, use_cache: bool, client: str = DEFAULT_CLIENT
-    ) -> asyncio.Future[RunOutput]:
-        """Queue `job` (or join its flight) without waiting for it: `run` without the cache lookup and
-        the wait. The same errors."""
         if not self.workers.offers(job.runner):
             raise no_workers(job.runner)
         return await self.state.submit(job, client=client, use_cache=use_cache)
