@@ -4,13 +4,19 @@ The embed page (`/embed/`) is made to be framed by other sites: its `frame-ances
 `frame_ancestors` setting (default `*`). Every other page — the full playground above all — may only be
 framed by the site itself (`'self'`), so no other site can overlay it to trick a click (clickjacking).
 The rule travels as a `Content-Security-Policy` response header: a `<meta>` CSP cannot carry
-`frame-ancestors`, so a static host must send the same header itself."""
+`frame-ancestors`, so a static host must send the same header itself.
+
+The site's assets (`/assets/`) may be read by any site (`Access-Control-Allow-Origin: *`): embed.js,
+running in another site's page, imports the output viewers (`assets/viewers.js`, an ES module, which
+browsers fetch with CORS). They are the public files of the site, with no credentials involved."""
 
 from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 EMBED_PREFIX = "/embed"
+ASSETS_PREFIX = "/assets/"
+ANY_ORIGIN = (b"access-control-allow-origin", b"*")
 
 
 def frame_ancestors(sources: tuple[str, ...]) -> bytes:
@@ -20,7 +26,7 @@ def frame_ancestors(sources: tuple[str, ...]) -> bytes:
 
 class FramePolicy:
     """Adds `Content-Security-Policy: frame-ancestors …` to the HTML pages `app` serves: the embed
-    page's sources for paths under /embed, `'self'` for the others."""
+    page's sources for paths under /embed, `'self'` for the others; and `ANY_ORIGIN` to /assets/."""
 
     def __init__(self, app: ASGIApp, embed_sources: tuple[str, ...]) -> None:
         self.app = app
@@ -34,6 +40,7 @@ class FramePolicy:
         path = scope["path"]
         is_embed = path == EMBED_PREFIX or path.startswith(EMBED_PREFIX + "/")
         policy = self.embed_policy if is_embed else self.page_policy
+        is_asset = path.startswith(ASSETS_PREFIX)
 
         async def send_with_policy(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -43,6 +50,8 @@ class FramePolicy:
                 )
                 if is_html:
                     message = {**message, "headers": [*headers, (b"content-security-policy", policy)]}
+                elif is_asset:
+                    message = {**message, "headers": [*headers, ANY_ORIGIN]}
             await send(message)
 
         await self.app(scope, receive, send_with_policy)

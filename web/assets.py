@@ -20,6 +20,8 @@ ENTRY_POINTS = {
     "playground": WEB / "editor" / "main.js",
     "catalog": WEB / "editor" / "catalog.js",
     "embedded": WEB / "embed" / "main.js",
+    # The output viewers on their own, for embed.js, which imports them into other sites' pages.
+    "viewers": WEB / "viewers" / "outputs.js",
 }
 # Classic scripts bundled whole into <site>/assets/<name>.js, for other sites' <script src> tags (a
 # module has no document.currentScript, which embed.js finds its API with).

@@ -30,14 +30,15 @@ TRUNCATE_AT = 1000  # the fake's API gives a file's first 1000 bytes (GitHub's: 
 
 class FakeGists:
     """A GitHub-shaped gist API on a loopback port. `add` publishes a revision; `requests` lists the
-    paths asked with the If-None-Match each carried; `rate_limited`, `delay_s` and `raw_origin` change
-    answers."""
+    paths asked with the If-None-Match each carried; `rate_limited`, `down`, `delay_s` and `raw_origin`
+    change answers."""
 
     def __init__(self) -> None:
         self.revisions: dict[str, list[tuple[str, dict[str, bytes]]]] = {}  # id -> newest first
         self.requests: list[tuple[str, str]] = []
         self.authorizations: dict[str, str] = {}  # path → the Authorization header it was asked with
         self.rate_limited = False
+        self.down = False  # every answer a 503, as GitHub's when it is down
         self.delay_s = 0.0  # how long each answer takes
         self.raw_origin = ""  # where raw_url points ("" : this server)
         fake = self
@@ -79,6 +80,8 @@ class FakeGists:
             reset = str(int(time.time()) + 120)
             headers = {"x-ratelimit-remaining": "0", "x-ratelimit-reset": reset}
             return 403, headers, b'{"message": "API rate limit exceeded"}'
+        if self.down:
+            return 503, {"Content-Type": "text/html"}, b"<h1>Unicorn!</h1>"
         parts = path.strip("/").split("/")
         if parts[0] == "raw" and len(parts) == 4:  # /raw/<id>/<rev>/<name>
             for rev, files in self.revisions.get(parts[1], []):
@@ -201,6 +204,11 @@ def test_a_gist_and_its_pe_toml_come_back_normalised_and_the_revision_pins_it(ht
     assert pinned.json()["rev"] == first and "config" in pinned.json()
     assert "immutable" in pinned.headers["cache-control"]
     assert http.get(f"/api/v1/gists/{gid}/{second}").json()["files"]["main.c"].endswith("return 1; }\n")
+
+    commanded = gist_id("command")
+    upstream.add(commanded, {"my file.c": "", "pe.toml": "command = \"gcc -O2 'my file.c'\"\n"})
+    config = http.get(f"/api/v1/gists/{commanded}").json()["config"]
+    assert config == {"argv": ["gcc", "-O2", "my file.c"]}  # split like a shell would, never run by one
 
 
 def test_the_latest_is_revalidated_by_etag_and_a_revision_is_never_asked_again(http, upstream) -> None:

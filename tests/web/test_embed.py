@@ -18,7 +18,7 @@ from api.sitepolicy import frame_ancestors
 from pe.child import NO_RATE_LIMITS, ServeProcess, start_serve
 from pe.settings import Settings
 from tests.support.browser import BROWSER_MARKS, open_playground, screenshot, type_program
-from tests.web.test_share import read_link
+from tests.web.test_share import make_link, read_link
 
 pytestmark = BROWSER_MARKS
 
@@ -157,6 +157,32 @@ def test_embed_options_readonly_dark_autorun_and_panes(browser, edge: ServeProce
     page.close()
 
 
+EMBED_MALFORMED = {
+    "#" + make_link({"v": 1, "image": "python3"}, "s7"): "This share link has format s7",
+    "#s1=abc$def": "This share link is damaged: its data is not base64url",
+    "#" + make_link({"v": 1, "image": "nope"}): "This link's image nope is not in this service's catalogue.",
+    "#gist=NOT-A-GIST!": 'This gist link is malformed: "NOT-A-GIST!"',
+    "?image=nope": "There is no image nope here.",
+    "?image=python3&example=99&panes=files": "Python 3 has no example 99.",
+}
+
+
+def test_a_malformed_embed_link_says_why_with_nothing_to_run(
+    browser, edge: ServeProcess, tmp_path: Path
+) -> None:
+    page = browser.new_page()
+    for link, message in EMBED_MALFORMED.items():
+        page.goto("about:blank")  # a new document each time, not a same-page change of fragment
+        page.goto(f"{edge.url}/embed/{link}")
+        status = page.locator("#status")
+        page.wait_for_function("document.getElementById('status').dataset.state === 'error'")
+        assert status.inner_text().startswith(message), (link, status.inner_text())
+        assert status.is_visible() and page.locator("#files-pane").is_hidden(), link
+        assert page.get_by_role("button", name="Run").is_disabled(), link
+    screenshot(page, tmp_path, "embed-malformed")
+    page.close()
+
+
 def test_the_playground_embed_button_gives_a_snippet_for_the_current_program(
     browser,
     edge: ServeProcess,
@@ -194,21 +220,40 @@ SNIPPETS = """<h1>Docs with snippets</h1>
 <script src="{api}/assets/embed.js"></script>"""
 
 
+GRAPH = """<pre data-pe-image="graphviz">digraph { "a page" -> "ünï ✓" }</pre>"""
+
+
 def test_embed_js_makes_pre_blocks_runnable(browser, edge: ServeProcess, host, tmp_path: Path) -> None:
+    """The output is shown by the playground's viewers (an image for Graphviz), in a shadow root with
+    the site's styles, which do not reach the host page."""
     origin, folder = host
     page = browser.new_page()
-    page.goto(f"{origin}/{host_page(folder, 'snippets.html', SNIPPETS.format(api=edge.url))}")
+    body = SNIPPETS.format(api=edge.url).replace("<script", f"{GRAPH}<script")
+    page.goto(f"{origin}/{host_page(folder, 'snippets.html', body)}")
     runs = page.get_by_role("button", name="Run")
-    assert runs.count() == 2
+    assert runs.count() == 3
     assert page.get_by_text("snippet one: 42 (recorded)").is_hidden()
     page.locator("pre[data-pe-image]").first.fill('print("snippet one, edited:", 6 * 7)')
     runs.first.click()
-    stdout = page.locator(".pe-snippet").first.locator(".pe-stdout")
+    first = page.locator(".pe-snippet").first
+    stdout = first.locator("[data-stream=stdout] pre")
     stdout.wait_for(timeout=20_000)
+    assert stdout.inner_text() == "snippet one, edited: 42"
+    assert first.get_attribute("data-state") == "done"
+    assert "exit 0" in first.locator(".pe-note").first.inner_text()
+    graph = page.locator(".pe-snippet").nth(2)
+    graph.get_by_role("button", name="Run").click()
+    image = graph.get_by_role("img", name="Output image out.svg")
+    image.wait_for(timeout=20_000)
+    page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=image.element_handle())
+    assert graph.get_by_role("link", name="Download").first.get_attribute("download") == "out.svg"
+    assert graph.get_by_role("button", name="Download all (.zip)").is_visible()
+    # The viewers' styles (site.css) apply in the shadow root only.
+    section = graph.locator("section.output").first
+    assert section.evaluate("box => getComputedStyle(box).borderTopStyle") == "solid"
+    assert page.evaluate("[...document.styleSheets].every(sheet => !sheet.href)")
+    assert page.evaluate("getComputedStyle(document.body).backgroundColor") == "rgba(0, 0, 0, 0)"
     screenshot(page, tmp_path, "embed-js-snippets")
-    assert stdout.inner_text() == "snippet one, edited: 42\n"
-    assert page.locator(".pe-snippet").first.get_attribute("data-state") == "done"
-    assert "exit 0" in page.locator(".pe-snippet").first.locator(".pe-note").first.inner_text()
     page.close()
 
 
@@ -253,7 +298,9 @@ def test_only_the_embed_page_may_be_framed_by_another_site(browser, edge: ServeP
         ("/embed/", "*"),
     ]:
         assert httpx.get(edge.url + path).headers["content-security-policy"] == f"frame-ancestors {policy}"
-    assert "content-security-policy" not in httpx.get(f"{edge.url}/assets/site.css").headers
+    asset = httpx.get(f"{edge.url}/assets/viewers.js").headers
+    assert "content-security-policy" not in asset
+    assert asset["access-control-allow-origin"] == "*"  # embed.js imports it from other sites
     origin, folder = host
     page = browser.new_page()
     refused = []
@@ -289,10 +336,13 @@ def test_the_embedding_docs_page_runs_both_live_examples(browser, edge: ServePro
     frame.get_by_text("sent by the host page").wait_for()
     page.get_by_role("button", name="Run from this page (pe:run)").click()
     page.get_by_text("stdout: sent by the host page: 42").wait_for(timeout=20_000)
-    snippet = page.locator(".pe-snippet")
+    snippet, graph = page.locator(".pe-snippet").all()
     snippet.get_by_role("button", name="Run").click()
-    snippet.locator(".pe-stdout").wait_for(timeout=20_000)
-    assert snippet.locator(".pe-stdout").inner_text().startswith("hello from a snippet, Python 3.11")
+    stdout = snippet.locator("[data-stream=stdout] pre")
+    stdout.wait_for(timeout=20_000)
+    assert stdout.inner_text().startswith("hello from a snippet, Python 3.11")
+    graph.get_by_role("button", name="Run").click()
+    graph.get_by_role("img", name="Output image out.svg").wait_for(timeout=20_000)
     assert f"{edge.url}/assets/embed.js" in page.locator("pre code").nth(2).inner_text()  # $PE filled in
     screenshot(page, tmp_path, "embedding-docs-page")
     page.close()

@@ -138,6 +138,20 @@ def test_a_gist_link_with_and_without_a_revision_fills_the_playground(
     pinned.close()
 
 
+def test_the_embed_page_opens_a_gist_revision(browser, site, upstream, tmp_path) -> None:
+    gid = new_gist_id()
+    first = upstream.add(gid, {"notes.txt": "first\n", "main.c": MAIN_C, "pe.toml": pe_toml("c99")})
+    upstream.add(gid, {"main.c": MAIN_C, "pe.toml": pe_toml("c11")})
+    page = open_playground(browser, f"{site.url}/embed/#gist={gid}/{first}")
+    assert page.get_by_role("tab", name="main.c", selected=True).is_visible()  # pe.toml's open
+    assert page.locator("#image-name").inner_text() == "C (GCC 12)"
+    page.get_by_role("button", name="Run").click()
+    page.wait_for_function("['ok', 'cached'].includes(document.getElementById('status').dataset.state)")
+    assert "199901 ünï ✓" in page.locator("[data-stream=stdout] pre").inner_text()  # its options: c99
+    screenshot(page, tmp_path, "embed-gist")
+    page.close()
+
+
 def test_a_gist_without_pe_toml_gets_the_image_of_its_files(browser, site, upstream) -> None:
     gid = new_gist_id()
     upstream.add(gid, {"hello.py": "print('hi')\n"})
@@ -154,6 +168,7 @@ def test_a_gist_without_pe_toml_gets_the_image_of_its_files(browser, site, upstr
         ("bad-toml", "has a pe.toml this service cannot use: pe.toml: options.std: 'c42' is not one of"),
         ("missing", "was not found: it may be secret, deleted, or the link mistyped."),
         ("rate-limited", "the gist API (GitHub) is rate limiting this service; try again in 1"),
+        ("down", "could not be loaded now: the gist API answered 503; try again later."),
     ],
 )
 def test_a_gist_that_cannot_be_opened_says_why_and_the_page_works(
@@ -169,10 +184,11 @@ def test_a_gist_that_cannot_be_opened_says_why_and_the_page_works(
     if case == "bad-toml":
         upstream.add(gid, {"main.c": MAIN_C, "pe.toml": pe_toml("c42")})
     upstream.rate_limited = case == "rate-limited"
+    upstream.down = case == "down"
     try:
         page = open_playground(browser, f"{site.url}/#gist={fragment}")
     finally:
-        upstream.rate_limited = False
+        upstream.rate_limited = upstream.down = False
     assert page.locator("#status").get_attribute("data-state") == "error"
     assert message in status(page)
     # Never a broken page: an image is open with its files, and editing works.

@@ -73,6 +73,8 @@ function describeFailure(id, response, body) {
       return `Gist ${id} was not found: it may be secret, deleted, or the link mistyped.`;
     case "gist_rate_limited":
       return `Gist ${id} could not be loaded now: the gist API (GitHub) is rate limiting this service; try again in ${retry ?? "a few"} s.`;
+    case "gist_upstream_unavailable":
+      return `Gist ${id} could not be loaded now: ${message}; try again later.`;
     case "bad_pe_toml":
       return `Gist ${id} has a pe.toml this service cannot use: ${message}`;
     default:

@@ -1,8 +1,8 @@
 // The embed page (/embed/, docs/embedding.md): a compact playground made to sit in another site's
 // iframe — the file tabs and editor, Run, and the result, with the playground's own modules.
 //
-// What it shows comes from the URL: the fragment is a share link's state (`#s1=…`, share.js), or the
-// query names a catalogue example (`?image=python3&example=0`). Options in the query: readonly,
+// What it shows comes from the URL: the fragment is a share link's state (`#s1=…`, share.js) or a gist
+// (`#gist=<id>[/<rev>]`, gist.js), or the query names a catalogue example (`?image=python3&example=0`). Options in the query: readonly,
 // autorun, theme (light, dark, auto), panes (files, output; both by default), origin (the host's).
 //
 // The host talks to it with postMessage. It posts {type: "pe:ready"} once it works, {type: "pe:resize",
@@ -11,7 +11,8 @@
 // {path: text | {base64}}, selected?} and {type: "pe:run"} from its parent window only, and only from
 // the parent's origin when that is known (see `hostOrigin`).
 import { Files } from "../editor/files.js";
-import { figures, run, storedRun } from "../editor/run.js";
+import { guessImage, isGistFragment, loadGist } from "../editor/gist.js";
+import { API_BASE, figures, run, storedRun } from "../editor/run.js";
 import { decodeState, encodeState, isShareFragment } from "../editor/share.js";
 import { renderOutputs } from "../viewers/outputs.js";
 
@@ -45,18 +46,31 @@ function post(message) {
   if (window.parent !== window && host !== BAD_ORIGIN) window.parent.postMessage(message, host ?? "*");
 }
 
-/** The state to show: the fragment's share link, else the query's example (python3's first by default). */
+/** {state, selected} to show: the fragment's share link or gist, else the query's example (python3's
+ * first by default). Throws, with a message for a person, when there is none to show. */
 async function initialState(images) {
-  if (isShareFragment(location.hash)) return decodeState(location.hash);
+  const known = (state, selected) => {
+    if (!images.has(state.image)) throw new Error(`This link's image ${state.image} is not in this service's catalogue.`);
+    return { state, selected };
+  };
+  if (isShareFragment(location.hash)) return known(await decodeState(location.hash));
+  if (isGistFragment(location.hash)) {
+    const gist = await loadGist(API_BASE, location.hash);
+    const image = gist.state.image || guessImage(images, Object.keys(gist.state.files));
+    if (!image) throw new Error(`Gist ${gist.id} names no image (its pe.toml can) and no image here takes its files.`);
+    return known({ v: 1, ...gist.state, image }, gist.open[0]);
+  }
   const image = images.get(query.get("image") ?? "python3") ?? images.values().next().value;
   if (!image) throw new Error("The catalogue is empty.");
   if (query.has("image") && !images.has(query.get("image"))) throw new Error(`There is no image ${query.get("image")} here.`);
   const example = image.examples[Number(query.get("example") ?? 0)];
-  return {
+  if (query.has("example") && !example) throw new Error(`${image.title} has no example ${query.get("example")}.`);
+  const state = {
     v: 1, image: image.id, digest: null, files: example?.files ?? image.files, argv: example?.argv ?? [], env: {},
     stdin: typeof example?.stdin === "string" ? example.stdin : example?.stdin?.text ?? "", options: example?.options ?? {},
     limits: {},
   };
+  return { state };
 }
 
 /** The run request for `state` with the editor's files (pinned to the state's digest, when it has one). */
@@ -178,12 +192,13 @@ async function start() {
   reportHeight();
   const catalog = await (await fetch(ui.main.dataset.catalog)).json();
   const images = new Map(catalog.images.map((image) => [image.id, image]));
-  state = await initialState(images);
+  const initial = await initialState(images);
+  state = initial.state;
   entry = images.get(state.image);
   $("image-name").textContent = entry?.title ?? state.image;
   const runKey = { key: "Mod-Enter", run: () => (runNow(), true) };
   files = new Files($("tabs"), $("editor"), linkToPlayground, [runKey], { readOnly: flag("readonly") });
-  files.load(state.files);
+  files.load(state.files, initial.selected);
   linkToPlayground();
   ui.run.addEventListener("click", runNow);
   window.addEventListener("message", onMessage);
@@ -195,6 +210,12 @@ async function start() {
 }
 
 start().catch((error) => {
+  if (!files) {
+    // Nothing to show or run: the page is the message, whichever panes were asked for.
+    $("files-pane").hidden = true;
+    $("output-pane").hidden = false;
+    ui.run.disabled = true;
+  }
   setStatus("error", error.message);
   post({ type: "pe:error", message: error.message });
 });

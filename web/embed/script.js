@@ -1,6 +1,9 @@
 // embed.js (docs/embedding.md): `<script src="https://<service>/assets/embed.js"></script>` turns each
 // `<pre data-pe-image="python3">…</pre>` of a page into a runnable snippet: the code stays editable in
-// place, Run sends it to the service's API (JSON, cross-origin) and the output is shown below it.
+// place, Run sends it to the service's API (JSON, cross-origin) and the output is shown below it by the
+// playground's own viewers (web/viewers/outputs.js: text, images, tables, 3D models, downloads), imported
+// from the service's assets with the first run and shown in a shadow root with the site's styles, so
+// the page's styles and the viewers' do not mix.
 //
 // Per block: data-pe-image (the catalogue id), data-pe-file (the file name; default: the image's own
 // first default file), data-pe-stdin. The API is the script's own origin, or the script tag's
@@ -10,6 +13,7 @@
 (() => {
   const script = document.currentScript;
   const api = (script.dataset.peApi ?? new URL(script.src).origin).replace(/\/+$/, "");
+  const assets = new URL(".", script.src).href; // viewers.js and site.css, built with this script
   const STYLE = `
 .pe-snippet { margin: 1em 0; }
 .pe-snippet > pre[data-pe-image] { margin: 0; padding: .5em .7em; border: 1px solid #8888; border-radius: 6px; outline: none; }
@@ -17,9 +21,11 @@
 .pe-snippet .pe-bar { display: flex; gap: .8em; align-items: center; margin: .3em 0; font: 13px system-ui, sans-serif; }
 .pe-snippet .pe-bar button { font: inherit; padding: .2em 1em; cursor: pointer; }
 .pe-snippet .pe-output pre { margin: .2em 0; padding: .4em .7em; background: #8881; white-space: pre-wrap; word-break: break-word; }
-.pe-snippet .pe-output .pe-stderr { color: #b3261e; }
 .pe-snippet .pe-note { font: italic 13px system-ui, sans-serif; opacity: .8; margin: .2em 0; }`;
+  // The site's text colour on its panels in the shadow root, whatever the page's own colour.
+  const SHADOW_STYLE = ":host { color: var(--fg); }";
   let catalog = null; // a promise of {id: entry}, asked for once
+  let viewers = null; // a promise of web/viewers/outputs.js, imported once
 
   function images() {
     catalog ??= fetch(`${api}/api/v1/catalog`)
@@ -30,6 +36,14 @@
         throw error;
       });
     return catalog;
+  }
+
+  function loadViewers() {
+    viewers ??= import(`${assets}viewers.js`).catch((error) => {
+      viewers = null; // try again next time
+      throw error;
+    });
+    return viewers;
   }
 
   function element(tag, className, text = "") {
@@ -48,16 +62,13 @@
     return `${result.status}${result.message ? `: ${result.message}` : ""} · ${ms}`;
   }
 
-  function streamText(stream) {
-    if (!stream) return "";
-    if (typeof stream.text === "string") return stream.text;
-    return `(${Math.floor((stream.base64?.length ?? 0) * 0.75)} bytes of binary output)`;
-  }
-
-  /** Run a block's code; throws when the service cannot answer (down, busy, or not an answer). */
+  /** Run a block's code: {answer, entry, renderOutputs}; throws when the service cannot answer (down,
+   * busy, not an answer) or its viewers cannot be loaded. */
   async function runCode(pre) {
     const image = pre.dataset.peImage;
-    const file = pre.dataset.peFile ?? Object.keys((await images())[image]?.files ?? {})[0] ?? "main";
+    const [entries, { renderOutputs }] = await Promise.all([images(), loadViewers()]);
+    const entry = entries[image];
+    const file = pre.dataset.peFile ?? Object.keys(entry?.files ?? {})[0] ?? "main";
     const body = { image, files: { [file]: { text: pre.textContent } } };
     if (pre.dataset.peStdin) body.stdin = { text: pre.dataset.peStdin };
     const response = await fetch(`${api}/api/v1/run`, {
@@ -67,20 +78,26 @@
     });
     const answer = await response.json().catch(() => null);
     if (response.status >= 500 || !answer) throw new Error(answer?.error?.message ?? `HTTP ${response.status}`);
-    return answer;
+    return { answer, entry, renderOutputs };
   }
 
-  function showResult(output, answer) {
+  /** A box whose shadow root holds the viewers' output with the site's styles; its `.outputs`. */
+  function viewerBox() {
+    const box = element("div", "pe-viewers");
+    const root = box.attachShadow({ mode: "open" });
+    const styles = Object.assign(document.createElement("link"), { rel: "stylesheet", href: `${assets}site.css` });
+    root.append(styles, element("style", "", SHADOW_STYLE), element("div", "outputs"));
+    return box;
+  }
+
+  function showResult(output, shown, { answer, entry, renderOutputs }) {
     if (answer.error) {
       output.replaceChildren(element("p", "pe-note", `Not run: ${answer.error.message}`));
       return;
     }
-    const stdout = streamText(answer.stdout);
-    const stderr = streamText(answer.stderr);
     output.replaceChildren(element("p", "pe-note", outcome(answer)));
-    if (stdout) output.append(element("pre", "pe-stdout", stdout));
-    if (stderr) output.append(element("pre", "pe-stderr", stderr));
-    for (const item of answer.files ?? []) output.append(element("p", "pe-note", `file ${item.path} (${item.size} bytes)`));
+    shown.hidden = false;
+    renderOutputs(shown.shadowRoot.querySelector(".outputs"), answer, entry?.view);
   }
 
   function showFallback(output, fallback, error) {
@@ -90,7 +107,7 @@
       return;
     }
     output.replaceChildren(element("p", "pe-note", `${why}; this is the output recorded with the page:`));
-    output.append(element("pre", "pe-stdout pe-fallback", fallback));
+    output.append(element("pre", "pe-fallback", fallback));
   }
 
   function enhance(pre) {
@@ -108,14 +125,17 @@
     status.setAttribute("role", "status");
     const output = element("div", "pe-output");
     output.setAttribute("aria-live", "polite");
+    const shown = viewerBox();
+    shown.hidden = true;
     const bar = element("div", "pe-bar");
     bar.append(button, status);
-    box.append(pre, bar, output);
+    box.append(pre, bar, output, shown);
     button.addEventListener("click", async () => {
       button.disabled = true;
       status.textContent = "Running…";
+      shown.hidden = true;
       try {
-        showResult(output, await runCode(pre));
+        showResult(output, shown, await runCode(pre));
         box.dataset.state = "done";
       } catch (error) {
         showFallback(output, fallback, error);
