@@ -251,6 +251,8 @@ def test_embed_js_makes_pre_blocks_runnable(browser, edge: ServeProcess, host, t
     # The viewers' styles (site.css) apply in the shadow root only.
     section = graph.locator("section.output").first
     assert section.evaluate("box => getComputedStyle(box).borderTopStyle") == "solid"
+    viewers = graph.locator(".pe-viewers")
+    assert viewers.evaluate("box => getComputedStyle(box).backgroundColor") == "rgb(253, 253, 252)"  # --bg
     assert page.evaluate("[...document.styleSheets].every(sheet => !sheet.href)")
     assert page.evaluate("getComputedStyle(document.body).backgroundColor") == "rgba(0, 0, 0, 0)"
     screenshot(page, tmp_path, "embed-js-snippets")

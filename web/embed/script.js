@@ -22,8 +22,8 @@
 .pe-snippet .pe-bar button { font: inherit; padding: .2em 1em; cursor: pointer; }
 .pe-snippet .pe-output pre { margin: .2em 0; padding: .4em .7em; background: #8881; white-space: pre-wrap; word-break: break-word; }
 .pe-snippet .pe-note { font: italic 13px system-ui, sans-serif; opacity: .8; margin: .2em 0; }`;
-  // The site's text colour on its panels in the shadow root, whatever the page's own colour.
-  const SHADOW_STYLE = ":host { color: var(--fg); }";
+  // The site's colours under the viewers' panels, tables and models, whatever the page's own.
+  const SHADOW_STYLE = ":host { color: var(--fg); background: var(--bg); }";
   let catalog = null; // a promise of {id: entry}, asked for once
   let viewers = null; // a promise of web/viewers/outputs.js, imported once
 
