@@ -197,6 +197,8 @@ def test_the_playground_embed_button_gives_a_snippet_for_the_current_program(
     page.wait_for_function("() => document.getElementById('embed-snippet').value.includes('#s1=')")
     screenshot(page, tmp_path, "playground-embed-snippet")
     code = snippet.input_value()
+    note = page.locator("#embed-note").inner_text()
+    assert note in ("Snippet copied.", "Press Ctrl+C (⌘C) to copy the selected snippet."), note
     assert code.startswith(f'<iframe src="{edge.url}/embed/#s1=')
     state = read_link(code.split("#", 1)[1].split('"', 1)[0])
     assert state["image"] == "python3" and state["digest"] is None  # follows the image's current version

@@ -310,7 +310,7 @@ async function start() {
       const state = { ...(await shareState()), digest: null };
       const src = new URL(`embed/#${await encodeState(state)}`, location.href).href;
       const snippet = `<iframe src="${src}" title="Program Explorer: ${entry().id}" style="width: 100%; height: 24rem; border: 0" loading="lazy"></iframe>`;
-      await copyLink(snippet, $("embed-snippet"), $("embed-note"));
+      await copyLink(snippet, $("embed-snippet"), $("embed-note"), "snippet");
     } catch (error) {
       $("embed-note").textContent = `No snippet: ${error.message}`;
     }

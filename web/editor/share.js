@@ -169,16 +169,16 @@ export async function servedDigests(apiBase) {
 
 /** Put `link` on the clipboard and in `field` (a read-only text input, shown). Where the clipboard API
  * is missing or refused (no permission, not a secure context), the link is selected in `field` so
- * Ctrl+C copies it. `note` (a live region) says which happened. */
-export async function copyLink(link, field, note) {
+ * Ctrl+C copies it. `note` (a live region) says which happened, naming the text `what` is. */
+export async function copyLink(link, field, note, what = "link") {
   field.value = link;
   field.closest("[hidden]")?.removeAttribute("hidden");
   try {
     await navigator.clipboard.writeText(link);
-    note.textContent = "Link copied.";
+    note.textContent = `${what[0].toUpperCase()}${what.slice(1)} copied.`;
   } catch {
     field.focus();
     field.select();
-    note.textContent = "Press Ctrl+C (⌘C) to copy the selected link.";
+    note.textContent = `Press Ctrl+C (⌘C) to copy the selected ${what}.`;
   }
 }
