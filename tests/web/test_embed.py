@@ -157,6 +157,22 @@ def test_embed_options_readonly_dark_autorun_and_panes(browser, edge: ServeProce
     page.close()
 
 
+def test_a_share_link_opens_in_the_embed_with_its_stored_result(browser, edge: ServeProcess) -> None:
+    program = "print('stored ✓')\n"
+    body = {"image": "python3", "files": {"main.py": {"text": program}}}
+    ran = httpx.post(f"{edge.url}/api/v1/run", json=body, timeout=60).json()
+    link = make_link({"v": 1, "image": "python3", "files": {"main.py": program}, "run": ran["id"]})
+    page = browser.new_page()
+    posts: list[str] = []
+    page.on("request", lambda request: request.method == "POST" and posts.append(request.url))
+    page.goto(f"{edge.url}/embed/#{link}")
+    stdout = page.locator("[data-stream=stdout] pre")
+    stdout.wait_for(timeout=20_000)
+    assert stdout.inner_text() == "stored ✓" and posts == []  # GET /api/v1/runs/<id>, not run again
+    assert page.locator("#status").get_attribute("data-state") == "cached"
+    page.close()
+
+
 EMBED_MALFORMED = {
     "#" + make_link({"v": 1, "image": "python3"}, "s7"): "This share link has format s7",
     "#s1=abc$def": "This share link is damaged: its data is not base64url",
