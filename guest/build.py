@@ -2,11 +2,11 @@
 
 The kernel comes from its .deb (`apt-get download` + `dpkg -x`, never installed into the host's
 /boot). The initramfs holds busybox-static (with its applet links), crun built statically from
-Debian's source package (guest/crun.py), tini-static, our init (guest/init.sh) and the kernel
-modules the guest needs, resolved with their dependencies through the `modules.dep` that `depmod -b`
-writes (a copy limited to them goes in too, so that one `modprobe -a` loads them all: one process,
-not one per module). It is an uncompressed newc cpio: under TCG decompressing costs more than
-copying.
+Debian's source package (guest/crun.py), tini-static, our init (guest/preinit.c, built static with
+gcc: it makes the mounts and execs guest/init.sh) and the kernel modules the guest needs, resolved
+with their dependencies through the `modules.dep` that `depmod -b` writes (a copy limited to them
+goes in too, so that one `modprobe -a` loads them all: one process, not one per module). It is an
+uncompressed newc cpio: under TCG decompressing costs more than copying.
 
 Builds live in `<cache_dir>/guest/<key>/`, the key hashing every input (package versions, the init
 script, the module list), so a second build with the same inputs only computes the key.
@@ -30,7 +30,8 @@ from guest.debian import GuestBuildError, installed_version, run
 from guest.oci import ID_COUNT, oci_config
 from wire.spec import DEFAULT_LIMITS
 
-INIT_SCRIPT = Path(__file__).with_name("init.sh")
+INIT_SCRIPT = Path(__file__).with_name("init.sh")  # installed as /etc/pe-init.sh
+PREINIT_SOURCE = Path(__file__).with_name("preinit.c")  # built static as /init, execs the script
 KERNEL_META = "linux-image-cloud-amd64"  # depends on the current linux-image-<version>-cloud-amd64
 # What the init needs beyond the kernel's built-ins; dependencies (virtio, virtio_ring, ...) are added.
 MODULES = ("virtio_mmio", "virtio_blk", "erofs")
@@ -73,6 +74,8 @@ def inputs() -> dict:
         "packages": {package: installed_version(package) for package in PROGRAMS},
         "crun": crun.inputs(),
         "init": hashlib.sha256(INIT_SCRIPT.read_bytes()).hexdigest(),
+        "preinit": hashlib.sha256(PREINIT_SOURCE.read_bytes()).hexdigest(),
+        "preinit_build": {package: installed_version(package) for package in ("gcc", "libc6-dev")},
         "modules": MODULES,
         "warmup": hashlib.sha256(json.dumps(warmup_config(), sort_keys=True).encode()).hexdigest(),
     }
@@ -217,8 +220,9 @@ def make_root(root: Path, release: str, modules: list[Path], dependencies: str, 
     (root / "etc/pe-modules").write_text(" ".join(MODULES) + "\n")
     (root / WARMUP_BUNDLE.lstrip("/")).mkdir(parents=True)
     (root / WARMUP_BUNDLE.lstrip("/") / "config.json").write_text(json.dumps(warmup_config()))
-    shutil.copy(INIT_SCRIPT, root / "init")
-    (root / "init").chmod(0o755)
+    shutil.copy(INIT_SCRIPT, root / "etc/pe-init.sh")
+    run("gcc", "-static", "-Os", "-Wall", "-Werror", "-o", str(root / "init"), str(PREINIT_SOURCE))
+    run("strip", str(root / "init"))
 
 
 def unsigned_module(data: bytes) -> bytes:

@@ -1,27 +1,15 @@
 #!/bin/sh
-# PID 1 of the microVM guest (busybox sh). One run, then power off; see docs/vm.md.
+# The microVM guest's init script (busybox sh), run by /init (guest/preinit.c) once it has made the
+# root, /dev, /proc, /sys, /run, the cgroup `pe`, /work's tmpfs and the fifos. One run, then power
+# off; see docs/vm.md.
 #
 # Block devices are found by their virtio serial: pe-image (the image's erofs, read-only), pe-input
 # (a newc cpio: run.env, config.json, stdin, work/...) and pe-output (raw, written here as a newc cpio:
 # status, stdout, stderr, crun.log, work/...). The host reads only the output device, after poweroff.
 export PATH=/bin
-# crun runs from the read-only root (below) and need not re-execute a sealed copy of itself.
+# crun runs from the read-only root on ramfs that /init made and need not re-execute a sealed copy
+# of itself (CVE-2019-5736): see docs/vm.md.
 export _LIBCONTAINER_CLONED_BINARY=1
-
-# crun's pivot_root cannot leave the initramfs (rootfs, the root of the mount tree): a read-only bind
-# mount of it is moved over / and the init goes on chrooted in it (nothing is copied; writable
-# places are tmpfs mounts below). Read-only and on ramfs (rootfstype=ramfs), crun's binary needs no
-# copy of itself to be safe from a container that would overwrite it (CVE-2019-5736): see docs/vm.md.
-if [ "$1" != rooted ]; then
-  mount --bind / /newroot && cd /newroot && mount --move . / && exec chroot . /init rooted
-  echo "pe-init: error: cannot make the root"
-  poweroff -f
-fi
-mount -t devtmpfs dev /dev
-mount -t proc proc /proc
-mount -o remount,bind,ro /
-mount -t sysfs sys /sys
-mount -t tmpfs -o mode=0755 run /run
 
 fail() {
   echo "pe-init: error: $*"
@@ -51,15 +39,6 @@ for device in pe-image pe-input pe-output; do
 done
 
 mount -t erofs -o ro /dev/pe-image /mnt/image || fail "cannot mount the image"
-
-# What does not depend on the job is done before a pool guest waits for it.
-# The run's cgroup: crun puts the container in pe/run; the limits and counters are pe's.
-echo 1 > /proc/sys/vm/overcommit_memory  # as on a big host: the cgroup limit, not the VM's size, refuses
-mount -t cgroup2 cgroup2 /sys/fs/cgroup
-echo "+cpu +memory +pids" > /sys/fs/cgroup/cgroup.subtree_control
-mkdir -p /sys/fs/cgroup/pe /run/out/work
-mount -t tmpfs -o mode=0755 work /run/out/work || fail "cannot mount /work"
-mkfifo /run/stdout.fifo /run/stderr.fifo /run/watchdog.fifo
 
 # A warm pool's guest (pe.wait) waits here for its job: the host writes the input device, then
 # sends a line on the console. The kernel may have cached the device's first blocks: drop them.

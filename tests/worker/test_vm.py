@@ -57,15 +57,20 @@ def broken_guest(guest: Guest, tmp: Path, init: str) -> Guest:
     shutil.copy("/bin/busybox", root / "bin/busybox")
     (root / "init").write_text("#!/bin/busybox sh\n" + init)
     (root / "init").chmod(0o755)
-    initrd = tmp / "initrd.cpio"
+    return Guest("broken", guest.kernel, packed(root))
+
+
+def packed(root: Path) -> Path:
+    """`root` as an initramfs beside it, readable by QEMU's unprivileged uid."""
+    initrd = root.parent / "initrd.cpio"
     listing = subprocess.run(["find", "."], cwd=root, capture_output=True, check=True).stdout
     with initrd.open("wb") as out:
         subprocess.run(
             ["cpio", "--quiet", "-o", "-H", "newc"], cwd=root, input=listing, stdout=out, check=True
         )
     initrd.chmod(0o644)
-    tmp.chmod(0o755)
-    return Guest("broken", guest.kernel, initrd)
+    root.parent.chmod(0o755)
+    return initrd
 
 
 def job(argv: list[str]) -> Job:
@@ -124,6 +129,22 @@ def test_a_boot_that_hangs_is_cut_off(guest: Guest, image: Path, run_dir: Path, 
     )  # 4 s: too short at load 13
     assert out.result.status == Status.ERROR
     assert "did not boot" in out.result.message and "stuck" in out.result.message
+
+
+def test_an_init_that_cannot_make_its_mounts_says_which(
+    guest: Guest, image: Path, run_dir: Path, tmp_path: Path
+) -> None:
+    """The guest's /init (guest/preinit.c) in the real initramfs, without the directory it binds the
+    root on: it names what failed and powers off, and the run is an error saying so."""
+    root = tmp_path / "guest" / "root"
+    root.mkdir(parents=True)
+    with guest.initrd.open("rb") as initrd:
+        subprocess.run(["cpio", "--quiet", "-i", "-d"], cwd=root, stdin=initrd, check=True)
+    (root / "newroot").rmdir()
+    rootless = Guest("no-newroot", guest.kernel, packed(root))
+    [out] = run(runner_with(rootless, image, run_dir), job(["echo", "hi"]))
+    assert out.result.status == Status.ERROR
+    assert "pe-init: error: /newroot: No such file or directory" in out.result.message, out.result.message
 
 
 def test_the_runner_goes_on_after_a_failed_run(guest: Guest, image: Path, run_dir: Path) -> None:
