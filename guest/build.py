@@ -95,6 +95,7 @@ def warmup_config() -> dict:
         id_base=ID_COUNT,
         init_source="/bin/tini-static",
         cgroups_path="/warm",
+        network_namespace=False,
     )
 
 

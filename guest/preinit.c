@@ -1,13 +1,16 @@
-/* The guest's /init: the root, mounts, cgroup and fifos guest/init.sh needs, made with plain
- * system calls; then it execs the script (/etc/pe-init.sh). Done by the script itself, these steps
+/* The guest's /init: the root, mounts, cgroup, fifos and lo that guest/init.sh needs, made with
+ * plain system calls; then it execs the script (/etc/pe-init.sh). Done by the script itself, these steps
  * were eleven forks and execs of busybox, each ~5-20 ms of the TCG vCPU. Built static by
  * guest/build.py; see docs/vm.md. */
 #include <errno.h>
 #include <fcntl.h>
+#include <net/if.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/reboot.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -62,6 +65,13 @@ int main(void) {
     const char *fifos[] = {"/run/stdout.fifo", "/run/stderr.fifo", "/run/watchdog.fifo"};
     for (size_t i = 0; i < sizeof fifos / sizeof *fifos; i++)
         if (mkfifo(fifos[i], 0644) != 0) fail(fifos[i]);
+
+    /* The program shares this network namespace (guest/oci.py network_namespace): its only
+     * interface, lo, is brought up as crun does in a fresh one. */
+    int sock = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    struct ifreq lo = {.ifr_name = "lo", .ifr_flags = IFF_UP};
+    if (sock < 0 || ioctl(sock, SIOCSIFFLAGS, &lo) != 0) fail("lo");
+    close(sock);
 
     execl("/bin/sh", "sh", "/etc/pe-init.sh", (char *)NULL);
     fail("/bin/sh");

@@ -266,6 +266,7 @@ class VmRunner:
             init_source=INIT_SOURCE,
             cgroups_path="/pe/run",
             seccomp=state.seccomp,
+            network_namespace=False,  # the guest has no interface but lo: docs/vm.md
         )
         env = {
             "PE_WALL_S": f"{limits.wall_ms / 1000:.3f}",

@@ -51,6 +51,16 @@ def test_namespaces_and_id_mapping() -> None:
     assert linux["uidMappings"] == linux["gidMappings"] == expected
 
 
+def test_the_vm_guest_keeps_its_network_namespace_and_nothing_else() -> None:
+    """network_namespace=False (the VM guest's config) leaves out that namespace alone."""
+    default, guest = make(), make(network_namespace=False)
+    assert [n["type"] for n in guest["linux"]["namespaces"]] == [
+        n["type"] for n in default["linux"]["namespaces"] if n["type"] != "network"
+    ]
+    del default["linux"]["namespaces"], guest["linux"]["namespaces"]
+    assert guest == default
+
+
 def test_no_privileges() -> None:
     process = make()["process"]
     assert process["noNewPrivileges"] is True
