@@ -29,16 +29,21 @@ read -r modules < /etc/pe-modules  # with their dependencies (/lib/modules/<rele
 modprobe -a $modules || fail "cannot load the modules $modules"
 echo 1 > /proc/sys/kernel/modules_disabled  # no module is loaded after ours, whoever asks
 
+# Each device's node by its serial, in a variable (an `ln -s` each would be three more processes).
 for block in /sys/block/vd*; do
   [ -e "$block/serial" ] || continue
   read -r serial < "$block/serial"  # no newline at its end: read fails but sets $serial
-  ln -s "/dev/${block##*/}" "/dev/$serial"
+  case $serial in
+    pe-image) image_device=/dev/${block##*/} ;;
+    pe-input) input_device=/dev/${block##*/} ;;
+    pe-output) output_device=/dev/${block##*/} ;;
+  esac
 done
-for device in pe-image pe-input pe-output; do
-  [ -b "/dev/$device" ] || fail "no $device block device"
-done
+[ -b "$image_device" ] || fail "no pe-image block device"
+[ -b "$input_device" ] || fail "no pe-input block device"
+[ -b "$output_device" ] || fail "no pe-output block device"
 
-mount -t erofs -o ro /dev/pe-image /mnt/image || fail "cannot mount the image"
+mount -t erofs -o ro "$image_device" /mnt/image || fail "cannot mount the image"
 
 # A warm pool's guest (pe.wait) waits here for its job: the host writes the input device, then
 # sends a line on the console. The kernel may have cached the device's first blocks: drop them.
@@ -48,11 +53,11 @@ if [ "${cmdline% pe.wait}" != "$cmdline" ]; then  # worker/vm.py appends it last
   crun run --bundle /etc/pe-warmup warmup > /dev/null 2>&1  # guest/build.py warmup_config
   echo "pe-init: ready"
   read -r -t 600 _ || poweroff -f  # worker/vm.py POOL_WAIT_S: a guest nobody took goes away
-  blockdev --flushbufs /dev/pe-input
+  blockdev --flushbufs "$input_device"
 fi
 # The input archive lands in /run/out: its work/ in the /work tmpfs; config.json makes /run/out the
 # bundle. Only status, stdout, stderr, crun.log and work/ go back to the host.
-cd /run/out && cpio -i -d < /dev/pe-input 2> /dev/null || fail "cannot read the input archive"
+cd /run/out && cpio -i -d < "$input_device" 2> /dev/null || fail "cannot read the input archive"
 . /run/out/run.env
 mount -o "remount,size=$PE_WORK_BYTES" /run/out/work || fail "cannot size /work"
 chown -R "$PE_UID:$PE_UID" /run/out/work
@@ -95,7 +100,7 @@ read -r peak_bytes < /sys/fs/cgroup/pe/memory.peak
   echo "oom_kill=$value"
 } > /run/out/status
 
-cd /run/out && find status stdout stderr crun.log work | cpio -o -H newc > /dev/pe-output 2> /dev/null \
+cd /run/out && find status stdout stderr crun.log work | cpio -o -H newc > "$output_device" 2> /dev/null \
   || echo "pe-init: error: the output device is full"
 sync
 echo "pe-init: done"
