@@ -52,7 +52,7 @@ return blob
 )
 
 # ARGV: P, id, client, job JSON, queue bound, client bound, use_cache (1/0), runner, image digest.
-# → {'done', output} | {'joined', ''} | {'full', ''} | {'client_full', ''} | {'queued', depth}
+# → {'done', output} | {'joined', depth} | {'full', ''} | {'client_full', ''} | {'queued', depth}
 # job:<id> (hash: job, client, runner, image, attempts, token while leased) exists while the job is
 # queued or leased: it is the flight that identical requests join. q:<client> is the client's
 # sub-queue; turns lists the clients with waiting jobs in the order they are served; queued counts
@@ -65,8 +65,8 @@ if ARGV[7] == '1' then
   local out = redis.call('GET', P .. 'out:' .. id)
   if out then return {'done', out} end
 end
-if redis.call('EXISTS', P .. 'job:' .. id) == 1 then return {'joined', ''} end
 local queued = tonumber(redis.call('GET', P .. 'queued') or '0')
+if redis.call('EXISTS', P .. 'job:' .. id) == 1 then return {'joined', tostring(queued)} end
 if queued >= tonumber(ARGV[5]) then return {'full', ''} end
 local queue = P .. 'q:' .. client
 local mine = redis.call('LLEN', queue)

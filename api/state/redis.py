@@ -104,6 +104,7 @@ class RedisState(State):
         self.prefix = prefix
         self._scripts = {name: self._redis.register_script(source) for name, source in lua.STATE.items()}
         self._depth = 0
+        self._depth_answers = 0  # how many script answers have set _depth (see _refresh_depth)
         self._listener: asyncio.Task[None] | None = None
 
     @property
@@ -176,9 +177,10 @@ class RedisState(State):
             raise queue_full()
         elif status == b"client_full":
             raise client_queue_full(self.client_queue_size)
-        elif status == b"queued":
-            self._depth = int(value)
-            self._announce_work()  # the pullers here need not wait for the announcement's round trip
+        else:  # joined or queued, with the depth now
+            self._set_depth(value)
+            if status == b"queued":
+                self._announce_work()  # the pullers here need not wait for the announcement's round trip
 
     async def _take(self, capabilities: Capabilities | None) -> Offer:
         token = uuid.uuid4().hex
@@ -196,7 +198,7 @@ class RedisState(State):
         if kind == b"wanted":
             return Offer(None, tuple(digest.decode() for digest in rest))
         job_json, depth, attempt = rest
-        self._depth = int(depth)
+        self._set_depth(depth)
         return Offer(Lease(Job.from_json(json.loads(job_json)), token, self.lease_s, int(attempt)))
 
     async def extend(self, job_id: str, token: str) -> bool:
@@ -227,7 +229,7 @@ class RedisState(State):
                     elif message is not None:
                         self._announce_work()
                     if time.monotonic() - refreshed > DEPTH_REFRESH_S:
-                        self._depth = int(await self._redis.get(self.prefix + "queued") or 0)
+                        await self._refresh_depth()
                         refreshed = time.monotonic()
             except DOWN as error:
                 log.warning("lost Redis at %s (%s); reconnecting in 1 s", self.url, error)
@@ -242,6 +244,19 @@ class RedisState(State):
             finally:
                 with contextlib.suppress(*DOWN):
                     await pubsub.aclose()
+
+    def _set_depth(self, depth: bytes | int) -> None:
+        self._depth = int(depth)
+        self._depth_answers += 1
+
+    async def _refresh_depth(self) -> None:
+        """The depth as Redis counts it (other edges queue and take too), unless a script answered
+        here while the GET was on its way: that answer may be the fresher one (a GET sent just before
+        this edge's own submit would otherwise undo the depth the submit reported)."""
+        answers = self._depth_answers
+        depth = int(await self._redis.get(self.prefix + "queued") or 0)
+        if answers == self._depth_answers:
+            self._depth = depth
 
     async def _catch_up(self) -> None:
         """After (re)subscribing: answer waiters whose run finished while no one listened, and let the

@@ -28,8 +28,21 @@ BOUNDS = {"cache_bytes": 1 << 20, "queue_size": 100, "client_queue_size": 100, "
 MakeState = Callable[..., State]
 
 
+_open: list[State] = []  # started and not closed yet: `run` closes them if the test fails
+
+
 def run(main: Coroutine[Any, Any, None]) -> None:
-    asyncio.run(asyncio.wait_for(main, 30))
+    """Run a test's `main`, bounded; the states it started are closed even if it fails (left to the
+    event loop's shutdown, Redis listeners cancelled there could hang it: seen with redis-py 8.1)."""
+
+    async def bounded() -> None:
+        try:
+            await asyncio.wait_for(main, 30)
+        finally:
+            while _open:
+                await asyncio.wait_for(_open.pop().close(), 10)
+
+    asyncio.run(bounded())
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -71,10 +84,12 @@ def output(of: Job, stdout: str) -> RunOutput:
 async def started(*states: State) -> None:
     for state in states:
         await state.start()
+        _open.append(state)
 
 
 async def closed(*states: State) -> None:
     for state in states:
+        _open.remove(state)
         await state.close()
 
 
