@@ -267,7 +267,10 @@ def test_timeout_keeps_earlier_output(runner: Harness) -> None:
 
 
 def test_fork_bomb_is_contained(runner: Harness) -> None:
-    pending = runner.start(["sh", "-c", "f() { f | f & }; f; sleep 30"], limits={"wall_ms": 2000, "pids": 32})
+    # `exec sleep`: the shell must not fork once the bomb holds every pid (a failed fork ends sh with
+    # status 2, a plain exit: seen once in CI with `; sleep 30`).
+    bomb = "f() { f | f & }; f; exec sleep 30"
+    pending = runner.start(["sh", "-c", bomb], limits={"wall_ms": 2000, "pids": 32})
     slowest = 0.0
     while not pending.done():
         started = time.monotonic()
