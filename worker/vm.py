@@ -40,13 +40,14 @@ from worker.mounts import pid_alive
 from worker.process import Captured, Stop
 from worker.runner import ImageLocator, Job, StartOnce, error_output
 from worker.sandbox import _output
+from worker.uids import UidBlock, UidRegion, claim_block
 from worker.vmpool import VmPool
 from worker.workdir import collect_outputs
 
 log = logging.getLogger("pe.worker.vm")
 
 RUN_DIR = Path("/run/pe/vm")
-QEMU_UID_BASE = 190_000  # slot N's QEMU runs as host uid QEMU_UID_BASE + N
+QEMU_UID_BASE = 190_000  # the first block of QEMU_UIDS (below the sandbox's, worker/uids.py)
 GUEST_ID_BASE = 100_000  # slot N's container root is guest uid GUEST_ID_BASE + N * 65536
 GUEST_MIB = 160  # guest memory beyond the run's limit: kernel, initramfs, crun, page cache
 BOOT_TIMEOUT_S = 30.0  # from QEMU's start to "pe-init: running" (TCG boots in about 1.5 s)
@@ -63,6 +64,9 @@ POOL_LIMITS = DEFAULT_LIMITS  # what the warm pool's guests are booted for; bigg
 POOL_INPUT_BYTES = MAX_INPUT_BYTES + (1 << 20)  # the input device of a pooled guest: inputs + config
 POOL_WAIT_S = 600  # a pooled guest powers off after waiting this long (guest/init.sh: read -t)
 POOL_UIDS = 1000  # pooled guests' QEMU run as uid_base + POOL_UIDS + n % POOL_UIDS
+# Each runner claims a block of host uids for its QEMU processes (slot N's as base + N, the pool's
+# above), so two vm runners on one host never run QEMU as the same uid.
+QEMU_UIDS = UidRegion(QEMU_UID_BASE, 2 * POOL_UIDS, 5, Path("/run/pe/qemu-uid-blocks"), "running vm runners")
 _accel_probe: dict[str, str] = {}
 
 
@@ -71,6 +75,8 @@ class _Started:
     guest: Guest
     accel: str
     seccomp: dict
+    uid_base: int  # slot N's QEMU runs as uid_base + N
+    uids: UidBlock | None  # the block claimed for uid_base (None when the caller chose it)
 
 
 @dataclass
@@ -99,13 +105,16 @@ class VmRunner:
         run_dir: Path = RUN_DIR,
         qemu: str = "qemu-system-x86_64",
         boot_timeout_s: float = BOOT_TIMEOUT_S,
-        uid_base: int = QEMU_UID_BASE,
+        uid_base: int | None = None,
         guest: Guest | None = None,
         pool_mib: int = 0,
     ) -> None:
         """`accel` is "kvm", "tcg" or "auto" (KVM when a bounded probe boot works, else TCG).
         The guest (kernel + initramfs) is built into `cache_dir` on first use, unless given.
-        `pool_mib` bounds the memory of the warm pool's guests (0: no pool)."""
+        `pool_mib` bounds the memory of the warm pool's guests (0: no pool). QEMU runs as host uids
+        from `uid_base`, by default a block of QEMU_UIDS claimed at start."""
+        if slots > POOL_UIDS:
+            raise ValueError(f"a vm runner has at most {POOL_UIDS} slots ({slots} asked)")
         self.images = images
         self.cache_dir = Path(cache_dir)
         self.accel = accel
@@ -136,15 +145,24 @@ class VmRunner:
         )
         self.run_dir.mkdir(parents=True, exist_ok=True)
         _sweep_stale(self.run_dir)
-        accel = self.accel if self.accel != "auto" else await self._probe_accel(guest)
-        log.info("vm runner started: guest %s, accel %s", guest.key, accel)
-        return _Started(guest, accel, seccomp_profile())
+        uids, uid_base = None, self.uid_base
+        if uid_base is None:
+            uids = claim_block(QEMU_UIDS)
+            uid_base = uids.base
+        try:
+            accel = self.accel if self.accel != "auto" else await self._probe_accel(guest, uid_base)
+        except BaseException:
+            if uids is not None:
+                uids.release()
+            raise
+        log.info("vm runner started: guest %s, accel %s, QEMU uids from %d", guest.key, accel, uid_base)
+        return _Started(guest, accel, seccomp_profile(), uid_base, uids)
 
     async def chosen_accel(self) -> str:
         """The accelerator the runs use ("kvm" or "tcg"), probed once when `accel` is "auto"."""
         return (await self._start.get()).accel
 
-    async def _probe_accel(self, guest: Guest) -> str:
+    async def _probe_accel(self, guest: Guest, uid: int) -> str:
         """ "kvm" when a KVM guest boots as far as our init within PROBE_TIMEOUT_S, else "tcg".
         Without devices the init stops at once ("no pe-image block device") and powers off."""
         if guest.key in _accel_probe:
@@ -152,9 +170,7 @@ class VmRunner:
         accel = "tcg"
         if os.access("/dev/kvm", os.R_OK | os.W_OK):
             with tempfile.TemporaryDirectory(dir=self.run_dir) as scratch:
-                vm = await self._spawn(
-                    guest, "kvm", Path(scratch), 256, [], self.uid_base, 2 * PROBE_TIMEOUT_S
-                )
+                vm = await self._spawn(guest, "kvm", Path(scratch), 256, [], uid, 2 * PROBE_TIMEOUT_S)
                 await vm.finish(PROBE_TIMEOUT_S, PROBE_TIMEOUT_S)
             if b"pe-init:" in vm.console.text:
                 accel = "kvm"
@@ -164,10 +180,19 @@ class VmRunner:
         return accel
 
     async def close(self) -> None:
-        """Discard the warm pool's guests; runs still going end on their own deadlines."""
+        """Discard the warm pool's guests and free the uid block; runs still going end on their own
+        deadlines."""
         if self._pool is not None:
             await self._pool.close()
-        self._start.reset()
+        start = self._start.reset()
+        if start is None:
+            return
+        try:
+            state = await start
+        except Exception:
+            return
+        if state.uids is not None:
+            state.uids.release()
 
     async def run(self, job: Job) -> RunOutput:
         try:
@@ -219,7 +244,7 @@ class VmRunner:
         memory_mib = limits.memory_mib + GUEST_MIB
         lifetime_s = self.boot_timeout_s + run_timeout_s + KILL_WAIT_S
         vm = await self._spawn(
-            state.guest, state.accel, scratch, memory_mib, devices, self.uid_base + slot, lifetime_s
+            state.guest, state.accel, scratch, memory_mib, devices, state.uid_base + slot, lifetime_s
         )
         returncode = await vm.finish(self.boot_timeout_s, run_timeout_s)
         return _result(job, output_path, scratch / "outputs", returncode, vm.console)
@@ -237,7 +262,7 @@ class VmRunner:
                 ("pe-input", guest.input_path, True),
                 ("pe-output", guest.output_path, False),
             ]
-            uid = self.uid_base + POOL_UIDS + next(self._pool_uids) % POOL_UIDS
+            uid = state.uid_base + POOL_UIDS + next(self._pool_uids) % POOL_UIDS
             memory_mib = POOL_LIMITS.memory_mib + GUEST_MIB
             lifetime_s = POOL_WAIT_S + 2 * self.boot_timeout_s + MAX_LIMITS.wall_ms / 1000 + TEARDOWN_S
             guest.vm = await self._spawn(

@@ -22,7 +22,7 @@ from wire.cpio import file_entry, write_archive
 from wire.result import Status
 from wire.spec import parse_spec
 from worker.runner import Job
-from worker.vm import POOL_UIDS, QEMU_UID_BASE, VmRunner, _read_output_device
+from worker.vm import POOL_UIDS, QEMU_UID_BASE, QEMU_UIDS, VmRunner, _read_output_device
 
 pytestmark = pytest.mark.sandbox
 
@@ -221,6 +221,34 @@ def test_a_pooled_guest_that_died_is_passed_over(guest: Guest, image: Path, run_
 
     out = asyncio.run(go())
     assert (out.result.status, out.stdout) == (Status.OK, b"still here\n"), out.result
+
+
+def test_two_runners_on_one_host_run_qemu_as_different_uids(guest: Guest, image: Path, run_dir: Path) -> None:
+    """Without a uid_base each runner claims a block of QEMU_UIDS; a closed runner's block is free again."""
+    images = FixedImages({DIGEST: ImageLocation(image)})
+
+    def runner() -> VmRunner:
+        return VmRunner(images, 2, cache_dir=run_dir, accel="tcg", run_dir=run_dir, guest=guest)
+
+    async def bases(*runners: VmRunner) -> list[int]:
+        return [(await each._start.get()).uid_base for each in runners]
+
+    async def go() -> None:
+        first, second = runner(), runner()
+        try:
+            one, two = await bases(first, second)
+            assert one != two
+            block = range(QEMU_UIDS.first, QEMU_UIDS.first + QEMU_UIDS.blocks * QEMU_UIDS.block_uids)
+            assert one in block and two in block and abs(one - two) >= QEMU_UIDS.block_uids
+            await first.close()
+            third = runner()
+            assert await bases(third) == [one]  # the closed runner's block, the first free one
+            await third.close()
+        finally:
+            await first.close()
+            await second.close()
+
+    asyncio.run(go())
 
 
 def test_modules_lose_their_appended_signature_only() -> None:
