@@ -80,10 +80,16 @@ class StartOnce(Generic[T]):
                 self._future = None
             raise
 
-    def reset(self) -> asyncio.Future[T] | None:
-        """Forget the start-up and return it (None if none began), for the caller to release what it made."""
+    async def reset(self) -> T | None:
+        """Forget the start-up and return what it made, for the caller to release (None if none began
+        or it failed)."""
         future, self._future = self._future, None
-        return future
+        if future is None:
+            return None
+        try:
+            return await future
+        except Exception:
+            return None
 
 
 class ImageLocator(Protocol):

@@ -118,12 +118,8 @@ class SandboxRunner:
 
     async def close(self) -> None:
         """Kill anything left, unmount the images and the tmpfs, drop the namespace and cgroups."""
-        start = self._start.reset()
-        if start is None:
-            return
-        try:
-            state = await start
-        except Exception:
+        state = await self._start.reset()
+        if state is None:
             return
         await asyncio.gather(*self._cleanups)
         state.cgroups.destroy()

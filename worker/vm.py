@@ -184,14 +184,8 @@ class VmRunner:
         deadlines."""
         if self._pool is not None:
             await self._pool.close()
-        start = self._start.reset()
-        if start is None:
-            return
-        try:
-            state = await start
-        except Exception:
-            return
-        if state.uids is not None:
+        state = await self._start.reset()
+        if state is not None and state.uids is not None:
             state.uids.release()
 
     async def run(self, job: Job) -> RunOutput:
