@@ -25,10 +25,6 @@ value_of() {
   done < "$1"
 }
 
-read -r modules < /etc/pe-modules  # with their dependencies (/lib/modules/<release>/modules.dep)
-modprobe -a $modules || fail "cannot load the modules $modules"
-echo 1 > /proc/sys/kernel/modules_disabled  # no module is loaded after ours, whoever asks
-
 # Each device's node by its serial, in a variable (an `ln -s` each would be three more processes).
 for block in /sys/block/vd*; do
   [ -e "$block/serial" ] || continue

@@ -51,9 +51,12 @@ def _sandbox_missing() -> str | None:
 
 
 def _vm_runner(images: ImageLocator) -> Runner:
+    from guest.build import ensure_guest
     from worker.vm import VmRunner
 
-    return VmRunner(images, slots=2, cache_dir=load_settings().cache_dir, pool_mib=1024)
+    cache_dir = load_settings().cache_dir
+    guest = ensure_guest(cache_dir)  # here, not in the first run: a fresh machine compiles a kernel
+    return VmRunner(images, slots=2, cache_dir=cache_dir, pool_mib=1024, guest=guest)
 
 
 def _vm_missing() -> str | None:

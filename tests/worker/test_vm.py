@@ -15,7 +15,9 @@ from pathlib import Path
 import pytest
 
 from catalog.store import ImageLocation
-from guest.build import SIGNATURE_MAGIC, Guest, ensure_guest, unsigned_module
+from guest.build import Guest, ensure_guest
+from guest.debian import GuestBuildError
+from guest.kernel import check_config, guest_config
 from pe.settings import load_settings
 from tests.support.images import FixedImages
 from wire.cpio import file_entry, write_archive
@@ -251,27 +253,41 @@ def test_two_runners_on_one_host_run_qemu_as_different_uids(guest: Guest, image:
     asyncio.run(go())
 
 
-def test_modules_lose_their_appended_signature_only() -> None:
-    body = b"\x7fELF" + bytes(range(256)) * 4
-    signature = b"S" * 681
-    info = bytes(8) + len(signature).to_bytes(4, "big")  # struct module_signature: sig_len last
-    assert unsigned_module(body + signature + info + SIGNATURE_MAGIC) == body
-    assert unsigned_module(body) == body
+def test_the_guest_kernel_config_builds_the_drivers_in_and_nothing_as_a_module() -> None:
+    cloud = (
+        "CONFIG_MODULES=y\nCONFIG_VIRTIO=m\nCONFIG_VIRTIO_MMIO=m\nCONFIG_VIRTIO_BLK=m\n"
+        "CONFIG_EROFS_FS=m\nCONFIG_EXT4_FS=m\nCONFIG_TMPFS=y\n# CONFIG_DEBUG_INFO_NONE is not set\n"
+        "CONFIG_DEBUG_INFO_DWARF_TOOLCHAIN_DEFAULT=y\n# a comment\n"
+    )
+    config = guest_config(cloud)
+    assert config.splitlines() == [
+        "# CONFIG_MODULES is not set",
+        "CONFIG_VIRTIO=y",
+        "CONFIG_VIRTIO_MMIO=y",
+        "CONFIG_VIRTIO_BLK=y",
+        "CONFIG_EROFS_FS=y",
+        "# CONFIG_EXT4_FS is not set",
+        "CONFIG_TMPFS=y",
+        "CONFIG_DEBUG_INFO_NONE=y",
+        "# CONFIG_DEBUG_INFO_DWARF_TOOLCHAIN_DEFAULT is not set",
+        "# a comment",
+    ]
+    check_config(config)
+    with pytest.raises(GuestBuildError, match="lost CONFIG_EROFS_FS=y"):
+        check_config(config.replace("CONFIG_EROFS_FS=y", "# CONFIG_EROFS_FS is not set"))
+    with pytest.raises(GuestBuildError, match="still builds modules"):
+        check_config(config + "CONFIG_EXT4_FS=m\n")
 
 
-def test_the_guest_loads_unsigned_modules(guest: Guest) -> None:
-    """The initramfs holds the kernel's modules without their signatures (guest/build.py says why)."""
-    listing = subprocess.run(
-        ["cpio", "-it", "--quiet"], stdin=guest.initrd.open("rb"), capture_output=True, check=True
-    ).stdout.decode()
-    modules = [name for name in listing.split() if name.endswith(".ko")]
-    assert any(name.startswith("lib/modules/") and name.endswith("/erofs.ko") for name in modules)
-    for name in modules:
-        data = subprocess.run(
-            ["cpio", "-i", "--quiet", "--to-stdout", name],
-            stdin=guest.initrd.open("rb"), capture_output=True, check=True,
-        ).stdout  # fmt: skip
-        assert data.startswith(b"\x7fELF") and not data.endswith(SIGNATURE_MAGIC), name
+def test_the_guest_kernel_has_erofs_built_in_and_no_module_support(
+    guest: Guest, image: Path, run_dir: Path
+) -> None:
+    """guest/kernel.py: the drivers are in the kernel (no modules to load at boot) and no module can
+    ever be loaded: the guest's kernel has no /proc/modules."""
+    [out] = run(runner_with(guest, image, run_dir), job(["sh", "-c", "cat /proc/filesystems /proc/modules"]))
+    assert out.result.status == Status.EXIT and out.result.exit_code == 1
+    assert b"\terofs\n" in out.stdout
+    assert b"can't open '/proc/modules': No such file or directory" in out.stderr
 
 
 def _features(crun: str) -> set[str]:
