@@ -1,10 +1,10 @@
 """Build the microVM guest: a kernel with its drivers built in (guest/kernel.py) and our initramfs,
 cached by their inputs.
 
-The initramfs holds busybox-static (with its applet links), crun built statically from Debian's
-source package (guest/crun.py), tini-static and our init (guest/preinit.c, built static with gcc: it
-makes the mounts and execs guest/init.sh). No modules: the kernel has what the guest needs built in.
-It is an uncompressed newc cpio: under TCG decompressing costs more than copying.
+The initramfs holds crun built statically from Debian's source package (guest/crun.py), tini-static
+and our init (guest/init.c, built static with gcc: the whole run, with no shell or other program
+besides crun). No modules: the kernel has what the guest needs built in. It is an uncompressed newc
+cpio: under TCG decompressing costs more than copying.
 
 Builds live in `<cache_dir>/guest/<key>/`, the key hashing every input (the kernel's inputs, package
 versions, the init), so a second build with the same inputs only computes the key.
@@ -28,14 +28,13 @@ from guest.debian import GuestBuildError, installed_version, run
 from guest.oci import ID_COUNT, oci_config
 from wire.spec import DEFAULT_LIMITS
 
-INIT_SCRIPT = Path(__file__).with_name("init.sh")  # installed as /etc/pe-init.sh
-PREINIT_SOURCE = Path(__file__).with_name("preinit.c")  # built static as /init, execs the script
-PROGRAMS = {"busybox-static": "/bin/busybox", "tini": "/usr/bin/tini-static"}  # besides crun
+INIT_SOURCE = Path(__file__).with_name("init.c")  # built static as /init
+PROGRAMS = {"tini": "/usr/bin/tini-static"}  # besides crun
 DIRECTORIES = ("bin", "dev", "etc", "mnt/image", "newroot", "proc", "run", "sys", "tmp")
 BUILD_FORMAT = 5  # bump when the layout of a build changes
 
 
-WARMUP_BUNDLE = "/etc/pe-warmup"  # a pool guest runs this container once before it waits (init.sh)
+WARMUP_BUNDLE = "/etc/pe-warmup"  # a pool guest runs this container once before it waits (init.c)
 
 
 @dataclass(frozen=True)
@@ -52,9 +51,8 @@ def inputs() -> dict:
         "kernel": kernel.inputs(),
         "packages": {package: installed_version(package) for package in PROGRAMS},
         "crun": crun.inputs(),
-        "init": hashlib.sha256(INIT_SCRIPT.read_bytes()).hexdigest(),
-        "preinit": hashlib.sha256(PREINIT_SOURCE.read_bytes()).hexdigest(),
-        "preinit_build": {package: installed_version(package) for package in ("gcc", "libc6-dev")},
+        "init": hashlib.sha256(INIT_SOURCE.read_bytes()).hexdigest(),
+        "init_build": {package: installed_version(package) for package in ("gcc", "libc6-dev")},
         "warmup": hashlib.sha256(json.dumps(warmup_config(), sort_keys=True).encode()).hexdigest(),
     }
 
@@ -133,14 +131,9 @@ def make_root(root: Path, crun_binary: Path) -> None:
             target = root / library.lstrip("/")
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(library, target)
-    applets = run(str(root / "bin/busybox"), "--list").split()
-    for applet in applets:
-        if not (root / "bin" / applet).exists():
-            (root / "bin" / applet).symlink_to("busybox")
     (root / WARMUP_BUNDLE.lstrip("/")).mkdir(parents=True)
     (root / WARMUP_BUNDLE.lstrip("/") / "config.json").write_text(json.dumps(warmup_config()))
-    shutil.copy(INIT_SCRIPT, root / "etc/pe-init.sh")
-    run("gcc", "-static", "-Os", "-Wall", "-Werror", "-o", str(root / "init"), str(PREINIT_SOURCE))
+    run("gcc", "-static", "-Os", "-Wall", "-Werror", "-o", str(root / "init"), str(INIT_SOURCE))
     run("strip", str(root / "init"))
 
 

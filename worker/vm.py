@@ -62,7 +62,7 @@ INIT_SOURCE = "/bin/tini-static"  # in the initramfs (guest/build.py)
 SECTOR = 512
 POOL_LIMITS = DEFAULT_LIMITS  # what the warm pool's guests are booted for; bigger jobs boot cold
 POOL_INPUT_BYTES = MAX_INPUT_BYTES + (1 << 20)  # the input device of a pooled guest: inputs + config
-POOL_WAIT_S = 600  # a pooled guest powers off after waiting this long (guest/init.sh: read -t)
+POOL_WAIT_S = 600  # a pooled guest powers off after waiting this long (guest/init.c: JOB_WAIT_MS)
 POOL_UIDS = 1000  # pooled guests' QEMU run as uid_base + POOL_UIDS + n % POOL_UIDS
 # Each runner claims a block of host uids for its QEMU processes (slot N's as base + N, the pool's
 # above), so two vm runners on one host never run QEMU as the same uid.
@@ -454,7 +454,7 @@ def _leaves(pid: int) -> list[int]:
 
 def kernel_command_line(accel: str) -> str:
     """`rootfstype=ramfs`: the initramfs is unpacked into ramfs rather than tmpfs, so crun (run from
-    it, read-only) can tell it needs no sealed copy of itself (guest/init.sh, docs/vm.md).
+    it, read-only) can tell it needs no sealed copy of itself (guest/init.c, docs/vm.md).
     Under TCG the guest kernel's TSC calibration against the emulated PIT fails when the host is
     busy, and the boot then hangs; TCG's TSC is the host's, so its frequency is given instead."""
     line = "console=ttyS0 quiet panic=-1 rootfstype=ramfs"

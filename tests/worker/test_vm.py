@@ -136,7 +136,7 @@ def test_a_boot_that_hangs_is_cut_off(guest: Guest, image: Path, run_dir: Path, 
 def test_an_init_that_cannot_make_its_mounts_says_which(
     guest: Guest, image: Path, run_dir: Path, tmp_path: Path
 ) -> None:
-    """The guest's /init (guest/preinit.c) in the real initramfs, without the directory it binds the
+    """The guest's /init (guest/init.c) in the real initramfs, without the directory it binds the
     root on: it names what failed and powers off, and the run is an error saying so."""
     root = tmp_path / "guest" / "root"
     root.mkdir(parents=True)
@@ -157,6 +157,15 @@ def test_the_runner_goes_on_after_a_failed_run(guest: Guest, image: Path, run_di
     lost, found = run(runner, missing, job(["sh", "-c", "echo hi; echo made > out.txt"]))
     assert lost.result.status == Status.ERROR and "not among" in lost.result.message
     assert (found.result.status, found.stdout, found.files) == (Status.OK, b"hi\n", {"out.txt": b"made\n"})
+
+
+def test_a_file_linked_under_two_names_comes_back_whole_under_both(
+    guest: Guest, image: Path, run_dir: Path
+) -> None:
+    """The guest's /init archives every name with its data (`find | cpio -o` stored a hard link's data
+    with its last name only, and the first came back empty)."""
+    [out] = run(runner_with(guest, image, run_dir), job(["sh", "-c", "echo data > a; busybox ln a b"]))
+    assert (out.result.status, out.files) == (Status.OK, {"a": b"data\n", "b": b"data\n"}), out.result
 
 
 def test_an_output_archive_cut_short_keeps_what_arrived(tmp_path: Path) -> None:
