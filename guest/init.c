@@ -136,6 +136,25 @@ static bool value_of(const char *text, const char *key, char separator, char *va
     return false;
 }
 
+/* Calls `visit` on `path` and, for a directory, on everything under it, each directory before its
+ * contents as `find` lists them; symlinks are not followed, paths past PATH_MAX are left out.
+ * `path` is a PATH_MAX buffer, restored on return. */
+static void walk(char *path, void (*visit)(const char *, const struct stat *, void *), void *context) {
+    struct stat status;
+    if (lstat(path, &status) != 0) return;
+    visit(path, &status, context);
+    DIR *directory = S_ISDIR(status.st_mode) ? opendir(path) : NULL;
+    if (directory == NULL) return;
+    size_t length = strlen(path);
+    for (struct dirent *entry; (entry = readdir(directory)) != NULL;) {
+        if (strcmp(entry->d_name, ".") == 0 || strcmp(entry->d_name, "..") == 0) continue;
+        if (snprintf(path + length, PATH_MAX - length, "/%s", entry->d_name) < (int)(PATH_MAX - length))
+            walk(path, visit, context);
+    }
+    path[length] = '\0';
+    closedir(directory);
+}
+
 /* The NUL bytes after `size` bytes of a newc header, name or data: each ends on a multiple of 4. */
 static size_t padding(size_t size) {
     return (4 - size % 4) % 4;
@@ -193,8 +212,10 @@ static void bring_up_lo(void) {
     close(sock);
 }
 
+#define DEVICE_NODE_BYTES (sizeof "/dev/" + NAME_MAX)
+
 struct devices {
-    char image[sizeof "/dev/" + NAME_MAX], input[sizeof "/dev/" + NAME_MAX], output[sizeof "/dev/" + NAME_MAX];
+    char image[DEVICE_NODE_BYTES], input[DEVICE_NODE_BYTES], output[DEVICE_NODE_BYTES];
 };
 
 /* Each device's node by the serial worker/vm.py gives it. */
@@ -407,26 +428,7 @@ static struct job read_job(void) {
     };
 }
 
-/* Calls `visit` on `path` and, for a directory, on everything under it, each directory before its
- * contents as `find` lists them; symlinks are not followed, paths past PATH_MAX are left out.
- * `path` is a PATH_MAX buffer, restored on return. */
-static void walk(char *path, void (*visit)(const char *, const struct stat *, void *), void *context) {
-    struct stat status;
-    if (lstat(path, &status) != 0) return;
-    visit(path, &status, context);
-    DIR *directory = S_ISDIR(status.st_mode) ? opendir(path) : NULL;
-    if (directory == NULL) return;
-    size_t length = strlen(path);
-    for (struct dirent *entry; (entry = readdir(directory)) != NULL;) {
-        if (strcmp(entry->d_name, ".") == 0 || strcmp(entry->d_name, "..") == 0) continue;
-        if (snprintf(path + length, PATH_MAX - length, "/%s", entry->d_name) < (int)(PATH_MAX - length))
-            walk(path, visit, context);
-    }
-    path[length] = '\0';
-    closedir(directory);
-}
-
-static void give(const char *path, const struct stat *status, void *owner) {
+static void give_to_uid(const char *path, const struct stat *status, void *owner) {
     uid_t uid = *(uid_t *)owner;
     if (lchown(path, uid, uid) != 0) fail(path);
 }
@@ -438,7 +440,7 @@ static void prepare_job(const struct job *job) {
     snprintf(text, sizeof text, "size=%lld", job->work_bytes);
     mount_or_fail(NULL, path, NULL, MS_REMOUNT, text);
     uid_t owner = job->uid;
-    walk(path, give, &owner);
+    walk(path, give_to_uid, &owner);
     snprintf(text, sizeof text, "%lld", job->memory_bytes);
     write_or_fail("/sys/fs/cgroup/pe/memory.max", text);
     snprintf(text, sizeof text, "%lld", job->pids);
@@ -522,8 +524,9 @@ static struct outcome run_job(const struct job *job) {
             {.fd = streams[1].pipe, .events = POLLIN},
             {.fd = running ? exit_fd : -1, .events = POLLIN},
         };
-        long long wait_ms = running ? kill_at - now_ms() : -1; /* -1: until something is ready */
-        if (poll(ready, 3, running && wait_ms < 0 ? 0 : wait_ms) < 0) fail("poll");
+        long long timeout_ms = -1; /* until a stream or crun's exit is ready */
+        if (running) timeout_ms = kill_at > now_ms() ? kill_at - now_ms() : 0;
+        if (poll(ready, 3, timeout_ms) < 0) fail("poll");
         for (int i = 0; i < 2; i++)
             if (ready[i].revents != 0) drain(&streams[i]);
         if (ready[2].revents != 0) {
@@ -546,7 +549,8 @@ static void write_status(const struct outcome *outcome) {
     value_of(text, "oom_kill", ' ', oom_kill, sizeof oom_kill);
     read_text("/sys/fs/cgroup/pe/memory.peak", peak_bytes, sizeof peak_bytes);
     int size = snprintf(text, sizeof text,
-                        "returncode=%d\nstarted=%s\nended=%s\ntimedout=%d\ncpu_usec=%s\npeak_bytes=%s\noom_kill=%s\n",
+                        "returncode=%d\nstarted=%s\nended=%s\ntimedout=%d\n"
+                        "cpu_usec=%s\npeak_bytes=%s\noom_kill=%s\n",
                         outcome->returncode, outcome->started, outcome->ended, outcome->timedout, cpu_usec,
                         peak_bytes, oom_kill);
     int fd = open_or_fail(BUNDLE "/status", O_WRONLY | O_CREAT | O_TRUNC);
