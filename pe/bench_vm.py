@@ -1,10 +1,13 @@
 """`pe bench vm`: a `/bin/true` run on the vm runner, cold and from the warm pool, against a bare boot.
 
-Three sides, alternating in rounds so the shared machine's load falls on all alike:
+Three sides, in rounds so the shared machine's load falls on all alike:
 
 - bare: `qemu-system-x86_64 -M microvm` with the same kernel, accelerator and flags, and an initramfs
   of busybox whose /init powers off at once; timed around the process;
 - cold: `VmRunner.run` of `/bin/true` in the busybox image without a pool: boot, run, teardown;
+- bare and cold take turns at going first: the side that runs right after another VM's exit ran
+  ~0.1 s slower here, which a fixed order charged to one side alone (the two orders' cold/bare are
+  printed apart too);
 - pool: the same run given to a pooled guest that has booted and waits (the pool is filled and the
   guest ready before the clock starts), so it times what a run costs when the pool keeps up. Each
   round has a pool of its own, started after the bare and cold sides and closed after its run, so
@@ -27,6 +30,7 @@ import subprocess
 import tempfile
 import time
 import uuid
+from collections.abc import Awaitable
 from pathlib import Path
 
 from catalog.store import ImageStore
@@ -99,7 +103,17 @@ async def pooled_ready(pooled: VmRunner, digest: str) -> float:
     return (guest.vm.ready_at - guest.vm.started_at) * 1000
 
 
-async def measure(settings: Settings, image: str, rounds: int) -> tuple[str, dict[str, list[float]]]:
+async def with_cpu(step: Awaitable[float]) -> tuple[float, float]:
+    """The step's own figure (ms) and the CPU time (ms) its child processes used."""
+    before = children_cpu_ms()
+    elapsed = await step
+    return elapsed, children_cpu_ms() - before
+
+
+async def measure(
+    settings: Settings, image: str, rounds: int
+) -> tuple[str, dict[str, list[float]], list[bool]]:
+    """The accelerator, each side's figures per counted round, and whether bare went first in each."""
     store = ImageStore(settings.images_dir)
     meta = store.current(image)
     if meta is None:
@@ -111,6 +125,7 @@ async def measure(settings: Settings, image: str, rounds: int) -> tuple[str, dic
     times: dict[str, list[float]] = {
         "bare": [], "cold": [], "pool": [], "pool boot-to-ready": [], "bare cpu": [], "cold cpu": [],
     }  # fmt: skip
+    bare_first_in: list[bool] = []
     with tempfile.TemporaryDirectory() as scratch:
         initrd = bare_initrd(Path(scratch))
         try:
@@ -118,11 +133,13 @@ async def measure(settings: Settings, image: str, rounds: int) -> tuple[str, dic
                 # Bare and cold run with no other guest alive: a guest booting beside them, or even
                 # one idling in the pool, slows them under TCG (unevenly: an idle pool guest made the
                 # bare side ~0.2 s slower and the cold side ~0.1 s, which flattered cold/bare).
-                cpu_before = children_cpu_ms()
-                bare = await asyncio.to_thread(time_bare, guest, initrd, accel)
-                cpu_bare = children_cpu_ms()
-                cold_ms = await time_run(cold, true_job(image, meta.digest))
-                cpu_cold = children_cpu_ms()
+                bare_first = number % 2 == 1
+                bare_side = with_cpu(asyncio.to_thread(time_bare, guest, initrd, accel))
+                cold_side = with_cpu(time_run(cold, true_job(image, meta.digest)))
+                if bare_first:
+                    (bare, bare_cpu), (cold_ms, cold_cpu) = await bare_side, await cold_side
+                else:
+                    (cold_ms, cold_cpu), (bare, bare_cpu) = await cold_side, await bare_side
                 # A pool of its own each round, closed after its run, so that its refill guest does
                 # not boot into the next round.
                 pooled = VmRunner(
@@ -134,19 +151,22 @@ async def measure(settings: Settings, image: str, rounds: int) -> tuple[str, dic
                 finally:
                     await pooled.close()
                 if number:
-                    values = (bare, cold_ms, pool_ms, ready_ms, cpu_bare - cpu_before, cpu_cold - cpu_bare)
+                    values = (bare, cold_ms, pool_ms, ready_ms, bare_cpu, cold_cpu)
                     for side, value in zip(times, values, strict=True):
                         times[side].append(value)
-                print(f"round {number}: bare {bare:.0f} ms, cold {cold_ms:.0f} ms, pool {pool_ms:.0f} ms")
+                    bare_first_in.append(bare_first)
+                first = "bare" if bare_first else "cold"
+                sides = f"bare {bare:.0f} ms, cold {cold_ms:.0f} ms, pool {pool_ms:.0f} ms"
+                print(f"round {number} ({first} first): {sides}")
         finally:
             await cold.close()
-    return accel, times
+    return accel, times, bare_first_in
 
 
 def bench_vm(args: argparse.Namespace) -> int:
     from pe.cli import settings_from
 
-    accel, times = asyncio.run(measure(settings_from(args), args.image, args.rounds))
+    accel, times, bare_first_in = asyncio.run(measure(settings_from(args), args.image, args.rounds))
     medians = {side: statistics.median(values) for side, values in times.items()}
     for side, values in times.items():
         print(
@@ -166,4 +186,13 @@ def bench_vm(args: argparse.Namespace) -> int:
             f"per-round {name}: median {statistics.median(ratios):.2f}, "
             f"min {min(ratios):.2f}, max {max(ratios):.2f}"
         )
+    # The same, apart by which side went first, to show what the order does.
+    for first in (True, False):
+        ratios = [
+            c / b for c, b, f in zip(times["cold"], times["bare"], bare_first_in, strict=True) if f == first
+        ]
+        if ratios:
+            name = "bare" if first else "cold"
+            median = statistics.median(ratios)
+            print(f"per-round cold/bare, {name} first ({len(ratios)} rounds): median {median:.2f}")
     return 0
