@@ -10,7 +10,7 @@ resolving what the changes imply, so a bare boot is as fast as the cloud kernel'
 
 The source is `linux-source-<major.minor>` at the cloud kernel's own version and the config the
 `boot/config-*` of the cloud kernel's .deb, both by `apt-get download` (checked by apt against the
-archive's signed index; nothing is installed). Compiling takes ~22 CPU-minutes (~12 min on two
+archive's signed index; nothing is installed). Compiling takes ~20 CPU-minutes (~10 min on two
 idle cores), so the kernel is cached on its own, in `<cache_dir>/kernel/<key>/bzImage`: a change
 to the initramfs does not rebuild it. The key hashes the package versions, the build tools' and the
 config changes.
@@ -163,7 +163,7 @@ def _config_line(name: str, value: str) -> str:
 def compile_kernel(tree: Path, progress: Callable[[str], None]) -> None:
     """`make bzImage` on every CPU, with a progress line every PROGRESS_EVERY objects compiled."""
     jobs = os.cpu_count() or 1
-    progress(f"compiling the kernel with make -j{jobs} (~12 min on two idle cores; cached after)")
+    progress(f"compiling the kernel with make -j{jobs} (~10 min on two idle cores; cached after)")
     tail: collections.deque[str] = collections.deque(maxlen=30)
     compiled = 0
     command = ["make", f"-j{jobs}", "bzImage"]
