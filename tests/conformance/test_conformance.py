@@ -270,9 +270,10 @@ def test_timeout_keeps_earlier_output(runner: Harness) -> None:
 
 
 def test_fork_bomb_is_contained(runner: Harness) -> None:
-    # `exec sleep`: the shell must not fork once the bomb holds every pid (a failed fork ends sh with
-    # status 2, a plain exit: seen once in CI with `; sleep 30`).
-    bomb = "f() { f | f & }; f; exec sleep 30"
+    # The program's own shell forks once, for the bomb, and then execs `sleep`: a fork that fails
+    # once the bomb holds every pid ends sh with status 2, a plain exit. (With `f; exec sleep 30` it
+    # forked twice, for the pipeline's two sides, and the second fork lost that race now and then.)
+    bomb = "f() { f | f & }; f & exec sleep 30"
     pending = runner.start(["sh", "-c", bomb], limits={"wall_ms": 2000, "pids": 32})
     slowest = 0.0
     while not pending.done():
