@@ -134,12 +134,13 @@ async def measure(
                 # one idling in the pool, slows them under TCG (unevenly: an idle pool guest made the
                 # bare side ~0.2 s slower and the cold side ~0.1 s, which flattered cold/bare).
                 bare_first = number % 2 == 1
-                bare_side = with_cpu(asyncio.to_thread(time_bare, guest, initrd, accel))
-                cold_side = with_cpu(time_run(cold, true_job(image, meta.digest)))
-                if bare_first:
-                    (bare, bare_cpu), (cold_ms, cold_cpu) = await bare_side, await cold_side
-                else:
-                    (cold_ms, cold_cpu), (bare, bare_cpu) = await cold_side, await bare_side
+                steps = {
+                    "bare": lambda: asyncio.to_thread(time_bare, guest, initrd, accel),
+                    "cold": lambda: time_run(cold, true_job(image, meta.digest)),
+                }
+                order = ("bare", "cold") if bare_first else ("cold", "bare")
+                measured = {side: await with_cpu(steps[side]()) for side in order}
+                (bare, bare_cpu), (cold_ms, cold_cpu) = measured["bare"], measured["cold"]
                 # A pool of its own each round, closed after its run, so that its refill guest does
                 # not boot into the next round.
                 pooled = VmRunner(
